@@ -1,0 +1,56 @@
+"""The ``rtseg`` command line.
+
+Subcommands live next to the code they drive and are imported only when invoked, so
+``rtseg --help`` answers instantly and ``rtseg info`` never loads rclpy.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from rtseg_ros import __version__
+
+# name -> "module:attribute" of a click.Command.
+SUBCOMMANDS: dict[str, str] = {
+    "info": "rtseg_ros.cli.info:info",
+    "bench": "rtseg_ros.cli.bench:bench",
+    "make-bag": "rtseg_ros.cli.evaluate:make_bag",
+    "eval": "rtseg_ros.cli.evaluate:evaluate",
+    "train": "rtseg_ros.cli.train:train",
+    "demo": "rtseg_ros.cli.demo:demo",
+}
+
+SUMMARIES: dict[str, str] = {
+    "info": "Parameters and GFLOPs of a model's inference graph.",
+    "bench": "Latency/FPS/memory matrix over models, resolutions, backends and precisions.",
+    "make-bag": "Turn a Cityscapes or CamVid split into a rosbag2 with ground truth.",
+    "eval": "Accuracy and latency of a model on a rosbag or a data set folder.",
+    "train": "Train or fine-tune MFARANet / ATONet from a recipe.",
+    "demo": "Run the segmentation node on a camera source and print live statistics.",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing summaries from a table avoids importing torch just to print --help.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SUMMARIES[name]) for name in sorted(SUBCOMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rtseg")
+def main() -> None:
+    """rtseg_ros: real-time semantic segmentation for ROS 2."""

@@ -1,0 +1,64 @@
+"""Install rtseg_ros as a ROS 2 ament_python package (colcon) or as a plain pip package."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "rtseg_ros"
+
+# torch==2.13.0 must satisfy every pin: a looser pin lets pip pull a multi-GB CUDA build.
+TORCH = "torch>=2.4,<2.14"
+ROS = [
+    "ros-jazzy-rclpy",
+    "ros-jazzy-rmw-fastrtps-cpp",
+    "ros-jazzy-sensor-msgs",
+    "ros-jazzy-std-msgs",
+    "ros-jazzy-diagnostic-msgs",
+    "ros-jazzy-builtin-interfaces",
+    "ros-jazzy-rcl-interfaces",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    package_data={PACKAGE: ["py.typed"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.md")),
+    ],
+    python_requires=">=3.10",
+    install_requires=[
+        TORCH,
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "pyyaml>=6",
+        "click>=8.1",
+        "tqdm>=4.60",
+        "rosbags>=0.10",
+        "rosbags-image[opencv-headless]>=0.9",
+    ],
+    extras_require={
+        "ros": ROS,
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # Only meaningful on a CUDA machine; torch-tensorrt 2.13 pairs with torch 2.13.
+        "tensorrt": ["torch-tensorrt==2.13.0"],
+        "eval": ["matplotlib>=3.7"],
+        "train": ["tensorboard>=2.14"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "cityscapesscripts>=2.2", "matplotlib>=3.7"],
+    },
+    zip_safe=True,
+    maintainer="rtseg_ros maintainers",
+    maintainer_email="maintainers@rtseg-ros.dev",
+    description="Real-time semantic segmentation for ROS 2 (MFARANet, ATONet).",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "rtseg = rtseg_ros.cli:main",
+            "segmentation_node = rtseg_ros.ros.segmentation_node:main",
+        ],
+    },
+)
