@@ -1,0 +1,58 @@
+"""Cityscapes reader.
+
+Layout (as downloaded): ``leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` with
+ground truth in ``gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png``. Label ids are
+mapped to the 19 train ids, everything else to 255. Frames without a label file (the ``test``
+split on the server side, or a partial download) are listed with ``label_path=None``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from rtseg_ros.datasets.base import (
+    DatasetError,
+    Sample,
+    SamplePaths,
+    iter_loaded,
+    load_sample,
+    relative_posix,
+    require_dir,
+)
+
+NAME = "cityscapes"
+LABEL_SET = "cityscapes"
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+__all__ = ["NAME", "LABEL_SET", "list_samples", "load_sample", "iter_samples"]
+
+
+def list_samples(root: str | Path, split: str) -> list[SamplePaths]:
+    """List a split's frames, sorted by city then name.
+
+    Raises:
+        DatasetError: ``leftImg8bit/<split>`` is missing or holds no ``*_leftImg8bit.png``.
+    """
+    root = Path(root)
+    image_root = require_dir(root / "leftImg8bit" / split, f"Cityscapes images of split {split!r}")
+    label_root = root / "gtFine" / split
+    samples = []
+    for image_path in sorted(image_root.glob(f"*/*{IMAGE_SUFFIX}")):
+        name = image_path.name[: -len(IMAGE_SUFFIX)]
+        label_path = label_root / image_path.parent.name / f"{name}{LABEL_SUFFIX}"
+        samples.append(SamplePaths(
+            name=name,
+            image_path=image_path,
+            label_path=label_path if label_path.is_file() else None,
+            relative_path=relative_posix(image_path, root),
+            label_format="cityscapes_label_id",
+        ))
+    if not samples:
+        raise DatasetError(f"no Cityscapes images (<city>/*{IMAGE_SUFFIX}) under {image_root}")
+    return samples
+
+
+def iter_samples(root: str | Path, split: str) -> Iterator[Sample]:
+    """Decode a split's frames one at a time."""
+    return iter_loaded(list_samples(root, split))
