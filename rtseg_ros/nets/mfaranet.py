@@ -1,0 +1,200 @@
+"""MFARANet: multi-scale features, flow alignment and attention-weighted scale fusion.
+
+The structure and numerics follow the authors' released Cityscapes model (Zhang et al.; code at
+github.com/Yanhua-Zhang/MFARANet): a deep-stem ResNet-18 with dilated layer3/layer4, lateral projections to
+128 channels, a top-down and a bottom-up pyramid merged per stage, learned flow fields that warp every
+coarser stage to stride 4, one classifier per stage ("scale") and a sigmoid attention that weights and
+sums the per-scale logits.
+
+``scales`` selects the stages whose logits form the output. A single scale is the "pruned" model: that
+scale's classifier alone, no attention. Only the modules the chosen scales need are built and run: the
+flow fields are chained from coarse to fine, so scale ``s`` needs the stage features 1..s and the flow
+fields 1..s-1, while the top-down pyramid is always needed (stage 1 depends on every level).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rtseg_ros.nets.encoder import ResNetEncoder
+from rtseg_ros.nets.layers import ConvBNReLU
+
+ALL_SCALES: tuple[int, ...] = (1, 2, 3, 4)
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    # The authors use align_corners=True for every bilinear resize in this network.
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+class DualPyramidAggregation(nn.Module):
+    """Top-down and bottom-up feature pyramids, merged into one feature map per stage.
+
+    Both pyramids move between levels by bilinear resizing, add the lateral feature, and refine with a
+    3x3 conv-BN-ReLU. Stage 1 is the top-down result, stage 4 the bottom-up result, stages 2 and 3 a
+    refined sum of both.
+
+    Args:
+        channels: width of every level.
+        num_stages: how many stage features (1..4, finest first) the caller needs; the bottom-up steps
+            and merges beyond it are not built.
+    """
+
+    def __init__(self, channels: int, num_stages: int) -> None:
+        super().__init__()
+        self.num_stages = num_stages
+        # top_down[i] produces the level i+1 (0-based i: level 1..3); all are needed for stage 1.
+        self.top_down = nn.ModuleList(ConvBNReLU(channels, channels) for _ in range(3))
+        # bottom_up[i] produces level i+2 from level i+1.
+        self.bottom_up = nn.ModuleList(ConvBNReLU(channels, channels) for _ in range(num_stages - 1))
+        # merge[i] fuses both pyramids at level i+2 (levels 2 and 3 only).
+        self.merge = nn.ModuleList(ConvBNReLU(channels, channels) for _ in range(min(num_stages, 3) - 1))
+
+    def forward(self, laterals: Sequence[Tensor]) -> list[Tensor]:
+        top_down = [laterals[3]]
+        for level in (2, 1, 0):
+            coarser = _resize(top_down[0], laterals[level].shape[-2:])
+            top_down.insert(0, self.top_down[level](coarser + laterals[level]))
+
+        bottom_up = [laterals[0]]
+        for level in range(1, self.num_stages):
+            finer = _resize(bottom_up[-1], laterals[level].shape[-2:])
+            bottom_up.append(self.bottom_up[level - 1](finer + laterals[level]))
+
+        stages = [top_down[0]]
+        for level in range(1, self.num_stages):
+            if level == 3:
+                stages.append(bottom_up[3])
+            else:
+                stages.append(self.merge[level - 1](top_down[level] + bottom_up[level]))
+        return stages
+
+
+class FlowAlignment(nn.Module):
+    """Predicts a flow field that resamples a coarse stage onto the grid of the next finer stage.
+
+    The flow comes from both unwarped neighbours: the coarse feature (resized) and the fine one,
+    each projected to half width, concatenated fine-first and passed through a 3x3 convolution.
+    The flow is in pixels of the fine grid and is divided by the fine grid's width and height (not half
+    of them) before it offsets the normalised sampling grid, as in the released model.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.coarse_projection = nn.Conv2d(channels, channels // 2, 1, bias=False)
+        self.fine_projection = nn.Conv2d(channels, channels // 2, 1, bias=False)
+        self.flow = nn.Conv2d(channels, 2, 3, padding=1, bias=False)
+
+    def sampling_grid(self, fine: Tensor, coarse: Tensor) -> Tensor:
+        """Returns the ``grid_sample`` grid (B x h x w x 2, (x, y) order) at the fine feature's size."""
+        height, width = fine.shape[-2:]
+        coarse = _resize(self.coarse_projection(coarse), (height, width))
+        flow = self.flow(torch.cat([self.fine_projection(fine), coarse], dim=1))
+        ys = torch.linspace(-1.0, 1.0, height, dtype=fine.dtype, device=fine.device)
+        xs = torch.linspace(-1.0, 1.0, width, dtype=fine.dtype, device=fine.device)
+        base = torch.stack(
+            [xs.view(1, width).expand(height, width), ys.view(height, 1).expand(height, width)], dim=-1
+        )
+        scale = torch.tensor([width, height], dtype=fine.dtype, device=fine.device)
+        return base.unsqueeze(0) + flow.permute(0, 2, 3, 1) / scale
+
+    @staticmethod
+    def warp(x: Tensor, grid: Tensor) -> Tensor:
+        """Resamples ``x`` (the coarse stage) on ``grid``."""
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+class ScaleFusion(nn.Module):
+    """Weights each scale's logits by a per-class sigmoid attention computed from that scale's
+    feature, then sums them (no normalisation across scales)."""
+
+    def __init__(self, scales: Sequence[int], channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.attention = nn.ModuleDict(
+            {
+                f"scale{s}": nn.Sequential(
+                    nn.Conv2d(channels, channels // 2, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(channels // 2),
+                    nn.ReLU(inplace=True),
+                    nn.Dropout(0.5),
+                    nn.Conv2d(channels // 2, num_classes, 1, bias=False),
+                    nn.Sigmoid(),
+                )
+                for s in scales
+            }
+        )
+
+    def forward(self, features: dict[int, Tensor], logits: dict[int, Tensor]) -> Tensor:
+        fused: Tensor | None = None
+        for scale, feature in features.items():
+            weighted = logits[scale] * self.attention[f"scale{scale}"](feature)
+            fused = weighted if fused is None else fused + weighted
+        assert fused is not None
+        return fused
+
+
+class MFARANet(nn.Module):
+    """MFARANet with a deep-stem, dilated ResNet-18 encoder.
+
+    Args:
+        num_classes: number of output classes.
+        scales: non-empty subset of {1, 2, 3, 4}: the stages (1 = stride 4 ... 4 = stride 32) whose
+            classifiers form the output. One scale gives the pruned model.
+        channels: decoder width (128 in the released models).
+
+    ``forward(x, output_size=None)`` takes a normalised RGB batch of any size and returns logits at
+    ``output_size`` (default: the input size). ``forward_train`` also returns each scale's logits at stride 4.
+    """
+
+    model_name = "mfaranet"
+    output_stride = 4
+
+    def __init__(self, num_classes: int = 19, scales: Sequence[int] = ALL_SCALES, channels: int = 128) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.scales = tuple(sorted(scales))
+        num_stages = max(self.scales)
+        self.encoder = ResNetEncoder("deep", dilated=True)
+        self.lateral_projections = nn.ModuleList(
+            ConvBNReLU(c, channels, kernel_size=1) for c in self.encoder.out_channels
+        )
+        self.aggregation = DualPyramidAggregation(channels, num_stages)
+        # alignments[i] warps stage i+2 onto stage i+1's grid; the chain runs down to stage 1.
+        self.alignments = nn.ModuleList(FlowAlignment(channels) for _ in range(num_stages - 1))
+        self.scale_heads = nn.ModuleDict({f"scale{s}": nn.Conv2d(channels, num_classes, 1) for s in self.scales})
+        self.fusion = ScaleFusion(self.scales, channels, num_classes) if len(self.scales) > 1 else None
+
+    def _scale_logits(self, x: Tensor) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """Aligned stride-4 features and logits of every chosen scale."""
+        encoded = self.encoder(x)
+        laterals = [project(c) for project, c in zip(self.lateral_projections, encoded)]
+        stages = self.aggregation(laterals)
+        # Every grid is computed from unwarped neighbours, before any stage is resampled.
+        grids = [align.sampling_grid(stages[i], stages[i + 1]) for i, align in enumerate(self.alignments)]
+        features: dict[int, Tensor] = {}
+        for scale in self.scales:
+            feature = stages[scale - 1]
+            for level in range(scale - 2, -1, -1):
+                feature = FlowAlignment.warp(feature, grids[level])
+            features[scale] = feature
+        logits = {s: self.scale_heads[f"scale{s}"](f) for s, f in features.items()}
+        return features, logits
+
+    def _fused(self, features: dict[int, Tensor], logits: dict[int, Tensor]) -> Tensor:
+        if self.fusion is None:
+            return logits[self.scales[0]]
+        return self.fusion(features, logits)
+
+    def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+        features, logits = self._scale_logits(x)
+        return _resize(self._fused(features, logits), output_size or x.shape[-2:])
+
+    def forward_train(self, x: Tensor, output_size: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """``{"out": logits as forward, "scaleN": scale N's logits at stride 4}`` for the chosen scales."""
+        features, logits = self._scale_logits(x)
+        outputs = {"out": _resize(self._fused(features, logits), output_size or x.shape[-2:])}
+        outputs.update({f"scale{s}": v for s, v in logits.items()})
+        return outputs
