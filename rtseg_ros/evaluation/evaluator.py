@@ -1,0 +1,326 @@
+"""The evaluator: segment frames, score them against ground truth, report as it goes.
+
+:class:`Evaluation` accumulates scores and latencies in fixed-size state (a confusion matrix and
+compact latency arrays), whatever produced the predictions: the in-process Segmenter here, or a
+running node in live mode. :class:`ReportWriter` keeps the results on disk while the run goes:
+one JSON line per frame, appended and flushed, and the summary JSON replaced atomically every
+few seconds, so a run that breaks off still leaves its results so far (``"complete": false``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+
+from rtseg_ros import __version__
+from rtseg_ros.datasets.labels import LabelSet
+from rtseg_ros.evaluation.export import PredictionExporter
+from rtseg_ros.evaluation.reports import (
+    REPORT_SCHEMA,
+    REPORT_SCHEMA_VERSION,
+    append_json_line,
+    markdown_summary,
+    report_paths,
+    write_confusion_heatmap,
+    write_json_atomic,
+    write_overlay,
+)
+from rtseg_ros.metrics.confusion import ConfusionMatrix
+
+LOG = logging.getLogger(__name__)
+
+SKIP_MISSING_GT = "missing ground truth"
+SKIP_SIZE_MISMATCH = "size mismatch"
+SKIP_INFERENCE_ERROR = "inference error"
+SKIP_BAD_PREDICTION = "prediction out of range"
+ISSUE_UNKNOWN_LABEL = "unknown label value"
+MAX_ERRORS_PER_REASON = 5
+
+
+@dataclass
+class Prediction:
+    """One frame's predicted train ids and how long they took."""
+
+    labels: np.ndarray
+    latency_ms: float | None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+Predictor = Callable[[np.ndarray, str], Prediction]
+
+
+class FrameSource(Protocol):
+    """What :func:`run_evaluation` reads: iterable frames plus the source's own skip tally."""
+
+    total: int | None
+    description: str
+    skipped: Counter
+    errors: list[str]
+
+    def __iter__(self) -> Any: ...
+
+
+class SegmenterPredictor:
+    """Adapts ``rtseg_ros.engines.Segmenter`` to a :data:`Predictor`."""
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+
+    def __call__(self, image: np.ndarray, color_order: str) -> Prediction:
+        result = self.segmenter.segment(image, color_order=color_order)
+        stages = {k: float(v) for k, v in result.timings_ms.items()}
+        return Prediction(result.labels, stages.get("total"), stages)
+
+
+def _percentiles(values: array) -> dict[str, float | int | None]:
+    if not values:
+        return {"p50": None, "p95": None, "mean": None, "max": None, "count": 0}
+    data = np.frombuffer(values, dtype=np.float64)
+    p50, p95 = np.percentile(data, [50, 95])
+    return {"p50": float(p50), "p95": float(p95), "mean": float(data.mean()), "max": float(data.max()),
+            "count": int(data.size)}
+
+
+class Evaluation:
+    """Scores and latencies of one run, in memory that does not grow with the frame count
+    (apart from 8 bytes per latency sample, which exact percentiles need)."""
+
+    def __init__(self, label_set: LabelSet) -> None:
+        self.label_set = label_set
+        self.confusion = ConfusionMatrix(label_set.num_classes, label_set.ignore_index)
+        self.frames = 0
+        self.frames_read = 0
+        self.skipped: Counter = Counter()
+        self.issues: Counter = Counter()
+        self.unknown_label_pixels = 0
+        self.errors: list[str] = []
+        self._latency = array("d")
+        self._stages: dict[str, array] = {}
+
+    def note(self, reason: str, detail: str, *, skip: bool = True) -> None:
+        """Count a skipped frame (``skip``) or a problem that did not stop the frame being scored."""
+        (self.skipped if skip else self.issues)[reason] += 1
+        if sum(1 for e in self.errors if e.startswith(reason)) < MAX_ERRORS_PER_REASON:
+            self.errors.append(f"{reason}: {detail}")
+        LOG.warning("%s: %s", reason, detail)
+
+    def add_latency(self, latency_ms: float | None, stages_ms: dict[str, float] | None = None) -> None:
+        """Record one frame's end-to-end latency and, optionally, its per-stage times."""
+        if latency_ms is not None and math.isfinite(latency_ms):
+            self._latency.append(latency_ms)
+        for stage, ms in (stages_ms or {}).items():
+            if stage != "total":
+                self._stages.setdefault(stage, array("d")).append(ms)
+
+    def score(self, name: str, prediction: np.ndarray, labels: np.ndarray | None) -> str | None:
+        """Add one frame to the confusion matrix.
+
+        Returns:
+            ``None`` if the frame was scored, else the reason it was skipped (also counted).
+        """
+        if labels is None:
+            self.note(SKIP_MISSING_GT, name)
+            return SKIP_MISSING_GT
+        if prediction.shape != labels.shape:
+            self.note(SKIP_SIZE_MISMATCH, f"{name}: prediction {prediction.shape[1]}x{prediction.shape[0]}, "
+                                          f"ground truth {labels.shape[1]}x{labels.shape[0]}")
+            return SKIP_SIZE_MISMATCH
+        try:
+            unknown = self.confusion.update(prediction, labels)
+        except ValueError as exc:
+            self.note(SKIP_BAD_PREDICTION, f"{name}: {exc}")
+            return SKIP_BAD_PREDICTION
+        if unknown:
+            self.unknown_label_pixels += unknown
+            self.note(ISSUE_UNKNOWN_LABEL, f"{name}: {unknown} ground-truth pixels hold values that are neither "
+                                           f"a class nor {self.label_set.ignore_index}; they are not scored",
+                      skip=False)
+        self.frames += 1
+        return None
+
+    def metrics(self) -> dict[str, Any]:
+        """The accuracy and latency part of the report."""
+        iou = self.confusion.iou()
+        return {
+            "frames": self.frames,
+            "frames_read": self.frames_read,
+            "skipped": dict(self.skipped),
+            "issues": dict(self.issues),
+            "unknown_label_pixels": self.unknown_label_pixels,
+            "miou": self.confusion.mean_iou(),
+            "pixel_accuracy": self.confusion.pixel_accuracy(),
+            "per_class_iou": {name: float(v) for name, v in zip(self.label_set.class_names, iou)},
+            "confusion_matrix": self.confusion.matrix,
+            "latency_ms": _percentiles(self._latency),
+            "stage_latency_ms": {stage: _percentiles(v) for stage, v in self._stages.items()},
+            "errors": list(self.errors),
+        }
+
+
+class ReportWriter:
+    """Keeps a run's results on disk while it goes, and writes the final set of files.
+
+    Args:
+        json_path: the summary JSON; the per-frame log, Markdown, heatmap and overlays go next to it
+            (see :func:`rtseg_ros.evaluation.reports.report_paths`).
+        header: fixed report fields (mode, source, model settings).
+        overlays: how many frames with ground truth to save as overlay pictures.
+        interval_s: how often the summary JSON is refreshed during the run.
+    """
+
+    def __init__(self, json_path: str | Path, header: dict[str, Any], overlays: int = 4,
+                 interval_s: float = 2.0) -> None:
+        self.paths = report_paths(json_path)
+        self.header = header
+        self.overlays_left = overlays
+        self.interval_s = interval_s
+        self._last_write = 0.0
+        self.paths["json"].parent.mkdir(parents=True, exist_ok=True)
+        self._frames = open(self.paths["frames"], "w")
+
+    def report(self, evaluation: Evaluation, complete: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The full report as a dict (what the JSON holds)."""
+        return build_report(evaluation, self.header, complete, extra)
+
+    def frame(self, record: dict[str, Any]) -> None:
+        """Append one frame's record to the per-frame log."""
+        append_json_line(self._frames, record)
+
+    def overlay(self, name: str, image_rgb: np.ndarray, prediction: np.ndarray, labels: np.ndarray | None,
+                label_set: LabelSet) -> None:
+        """Save an overlay picture for the first few frames that have ground truth."""
+        if self.overlays_left <= 0 or labels is None or prediction.shape != labels.shape:
+            return
+        self.overlays_left -= 1
+        file_name = Path(name).with_suffix(".jpg").name
+        try:
+            write_overlay(self.paths["overlays"] / file_name, image_rgb, prediction, labels, label_set)
+        except (OSError, ValueError) as exc:
+            LOG.warning("cannot write overlay for %s: %s", name, exc)
+
+    def checkpoint(self, evaluation: Evaluation, extra: dict[str, Any] | None = None, force: bool = False) -> None:
+        """Refresh the summary JSON (marked incomplete) if ``interval_s`` has passed."""
+        now = time.monotonic()
+        if force or now - self._last_write >= self.interval_s:
+            write_json_atomic(self.paths["json"], self.report(evaluation, False, extra))
+            self._last_write = now
+
+    def finish(self, evaluation: Evaluation, complete: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the final JSON, the Markdown summary and the heatmap; return the report."""
+        self._frames.close()
+        report = self.report(evaluation, complete, extra)
+        write_json_atomic(self.paths["json"], report)
+        self.paths["markdown"].write_text(markdown_summary(report))
+        model_name = self.header.get("model", {}).get("name", "")
+        title = f"{model_name} mIoU {report['miou'] * 100:.1f}%" if evaluation.frames else "no frame scored"
+        try:
+            write_confusion_heatmap(self.paths["heatmap"], evaluation.confusion.normalized(),
+                                    evaluation.label_set.class_names, title=title)
+        except (OSError, ValueError, ImportError) as exc:
+            LOG.warning("cannot draw the confusion heatmap: %s", exc)
+        return report
+
+
+def build_report(evaluation: Evaluation, header: dict[str, Any], complete: bool,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a report: schema, fixed header, label set, metrics, then run-specific ``extra`` fields."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "complete": complete,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "rtseg_ros_version": __version__,
+        **header,
+        "label_set": evaluation.label_set.name,
+        "class_names": list(evaluation.label_set.class_names),
+        **evaluation.metrics(),
+        **(extra or {}),
+    }
+
+
+def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet, *,
+                   header: dict[str, Any] | None = None, json_path: str | Path | None = None,
+                   export_dir: str | Path | None = None, overlays: int = 4, max_frames: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Segment every frame of ``source`` with ``predict`` and score it.
+
+    Bad frames are skipped and counted (``skipped``: reason -> count), the run goes on. With
+    ``json_path``, results are kept on disk during the run (see :class:`ReportWriter`); if the run
+    is interrupted, the files written hold the results so far, marked ``"complete": false``.
+
+    Returns:
+        The report (the JSON's content as a dict; NaN where the JSON has ``null``).
+    """
+    from tqdm import tqdm
+
+    evaluation = Evaluation(label_set)
+    writer = ReportWriter(json_path, header or {}, overlays) if json_path else None
+    exporter = PredictionExporter(export_dir, label_set) if export_dir else None
+    total = source.total if max_frames is None else min(source.total or max_frames, max_frames)
+    started = time.perf_counter()
+    predicted = 0
+    complete = False
+
+    def extra() -> dict[str, Any]:
+        elapsed = time.perf_counter() - started
+        counts = Counter(evaluation.skipped)
+        counts.update(source.skipped)
+        return {
+            "source": {"description": source.description, **(header or {}).get("source", {})},
+            "frames_read": evaluation.frames_read,
+            "skipped": dict(counts),
+            "errors": evaluation.errors + list(source.errors),
+            "elapsed_s": elapsed,
+            "throughput_fps": predicted / elapsed if predicted and elapsed > 0 else None,
+            "exported": exporter.written if exporter else 0,
+        }
+
+    try:
+        bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress, dynamic_ncols=True)
+        for frame in source:
+            if max_frames is not None and evaluation.frames_read >= max_frames:
+                break
+            evaluation.frames_read += 1
+            bar.update(1)
+            try:
+                prediction = predict(frame.image, frame.color_order)
+            except (ValueError, RuntimeError) as exc:
+                evaluation.note(SKIP_INFERENCE_ERROR, f"{frame.name}: {exc}")
+                skip = SKIP_INFERENCE_ERROR
+                record = {"name": frame.name, "stamp_ns": frame.stamp_ns, "skipped": skip}
+            else:
+                predicted += 1
+                evaluation.add_latency(prediction.latency_ms, prediction.stages_ms)
+                if exporter is not None:
+                    exporter.write(frame.name, prediction.labels)
+                skip = evaluation.score(frame.name, prediction.labels, frame.labels)
+                record = {"name": frame.name, "stamp_ns": frame.stamp_ns, "latency_ms": prediction.latency_ms,
+                          "skipped": skip}
+                if skip is None and frame.labels is not None:
+                    valid = frame.labels != label_set.ignore_index
+                    correct = np.count_nonzero((prediction.labels == frame.labels) & valid)
+                    record["pixel_accuracy"] = correct / max(int(np.count_nonzero(valid)), 1)
+                if writer is not None:
+                    rgb = frame.image if frame.color_order == "rgb" else frame.image[..., ::-1]
+                    writer.overlay(frame.name, np.ascontiguousarray(rgb), prediction.labels, frame.labels, label_set)
+            if writer is not None:
+                writer.frame(record)
+                writer.checkpoint(evaluation, extra())
+            if bar.n % 10 == 0:
+                bar.set_postfix(miou=f"{evaluation.confusion.mean_iou() * 100:.1f}", refresh=False)
+        bar.close()
+        complete = True
+    finally:
+        # On an interruption the files still get the results so far, marked incomplete.
+        if writer is not None:
+            report = writer.finish(evaluation, complete, extra())
+    return report if writer is not None else build_report(evaluation, header or {}, complete, extra())
+

@@ -1,0 +1,163 @@
+"""Where evaluation frames come from: a bag, a data set folder, or a bag matched to a folder.
+
+Every source yields :class:`EvalFrame` objects one at a time and counts what it had to skip
+(``skipped``: reason -> count; ``errors``: the first messages), so a bad file or message costs one
+frame, not the run. ``make_dataset_bag`` is the other direction: a data set split into a bag.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from rtseg_ros.datasets import get_dataset_reader
+from rtseg_ros.datasets.base import DatasetError, SamplePaths, load_sample, read_labels
+from rtseg_ros.io.bags import BagFrameReader, BagWriter, bag_storage
+
+LOG = logging.getLogger(__name__)
+
+SKIP_UNREADABLE_FILE = "unreadable file"
+MAX_ERRORS_PER_REASON = 5
+
+
+@dataclass
+class EvalFrame:
+    """A frame to segment and, when ``labels`` is set, to score.
+
+    Attributes:
+        name: the image file relative to the data set root when known, else a name made from the stamp.
+        stamp_ns: header stamp (bags) or a running index (folders).
+        image: HxWx3 uint8 in ``color_order``.
+        labels: HxW uint8 train ids (255 = ignore) or ``None``.
+    """
+
+    name: str
+    stamp_ns: int
+    image: np.ndarray
+    color_order: str
+    labels: np.ndarray | None
+
+
+@dataclass
+class _Skips:
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def record(self, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        if sum(1 for e in self.errors if e.startswith(reason)) < MAX_ERRORS_PER_REASON:
+            self.errors.append(f"{reason}: {detail}")
+        LOG.warning("skipping: %s: %s", reason, detail)
+
+
+class DatasetGroundTruth:
+    """Ground truth looked up in a data set folder by the file name recorded in a bag."""
+
+    def __init__(self, dataset: str, root: str | Path, split: str,
+                 label_map: Mapping[int, int] | None = None) -> None:
+        samples = _list(dataset, root, split, label_map)
+        self._by_path: dict[str, SamplePaths] = {s.relative_path: s for s in samples}
+        self.description = f"{dataset} {split} ground truth in {root}"
+
+    def labels_for(self, name: str | None) -> np.ndarray | None:
+        """The train ids for a recorded file name, or ``None`` when the folder has none for it.
+
+        Raises:
+            DatasetError: the label file exists but cannot be read.
+        """
+        paths = self._by_path.get(name) if name else None
+        if paths is None or paths.label_path is None:
+            return None
+        return read_labels(paths.label_path, paths.label_format, paths.label_map)
+
+
+def _list(dataset: str, root: str | Path, split: str, label_map: Mapping[int, int] | None) -> list[SamplePaths]:
+    reader = get_dataset_reader(dataset)
+    if label_map:
+        if dataset != "folder":
+            raise DatasetError("a label map applies to the 'folder' data set only")
+        return reader.list_samples(root, split, label_map=label_map)
+    return reader.list_samples(root, split)
+
+
+class BagSource(_Skips):
+    """Frames of a bag, with ground truth from the bag or, if given, from a data set folder."""
+
+    def __init__(self, path: str | Path, ground_truth: DatasetGroundTruth | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._reader = BagFrameReader(self.path)
+        # One tally for reader and source.
+        self._reader.skipped = self.skipped
+        self._reader.errors = self.errors
+        self.ground_truth = ground_truth
+        self.total = self._reader.frame_count()
+        self.description = f"bag {self.path} ({bag_storage(self.path)})"
+        if ground_truth is not None:
+            self.description += f" with {ground_truth.description}"
+
+    def __iter__(self) -> Iterator[EvalFrame]:
+        for frame in self._reader:
+            name = frame.name or f"frame_{frame.stamp_ns}"
+            labels = frame.labels
+            if self.ground_truth is not None:
+                try:
+                    labels = self.ground_truth.labels_for(frame.name)
+                except DatasetError as exc:
+                    self.record(SKIP_UNREADABLE_FILE, str(exc))
+                    continue
+            yield EvalFrame(name, frame.stamp_ns, frame.image, frame.color_order, labels)
+
+
+class DatasetSource(_Skips):
+    """Frames of a data set split, read from disk one at a time."""
+
+    def __init__(self, dataset: str, root: str | Path, split: str,
+                 label_map: Mapping[int, int] | None = None) -> None:
+        super().__init__()
+        self.samples = _list(dataset, root, split, label_map)
+        self.total = len(self.samples)
+        self.description = f"{dataset} {split} in {root}"
+
+    def __iter__(self) -> Iterator[EvalFrame]:
+        for index, paths in enumerate(self.samples):
+            try:
+                sample = load_sample(paths)
+            except DatasetError as exc:
+                self.record(SKIP_UNREADABLE_FILE, str(exc))
+                continue
+            yield EvalFrame(paths.relative_path, index, sample.image, "rgb", sample.labels)
+
+
+def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path, storage: str = "mcap",
+                     rate_hz: float = 10.0, start_ns: int = 1_700_000_000 * 1_000_000_000,
+                     limit: int | None = None, label_map: Mapping[int, int] | None = None,
+                     progress: bool = False) -> dict[str, int]:
+    """Write a data set split as a bag (see :mod:`rtseg_ros.io.bags` for the topics).
+
+    Frames are read and written one at a time. A frame whose files cannot be read is skipped and
+    counted. Returns ``{"frames": written, "skipped": skipped, "without_ground_truth": n}``.
+    """
+    from tqdm import tqdm
+
+    if rate_hz <= 0:
+        raise ValueError(f"rate must be positive, got {rate_hz} Hz")
+    samples = _list(dataset, root, split, label_map)[:limit]
+    period_ns = int(round(1e9 / rate_hz))
+    skipped = without_gt = 0
+    with BagWriter(out, storage) as writer:
+        for paths in tqdm(samples, desc="make-bag", unit="frame", disable=not progress):
+            try:
+                sample = load_sample(paths)
+            except DatasetError as exc:
+                LOG.warning("skipping %s: %s", paths.relative_path, exc)
+                skipped += 1
+                continue
+            without_gt += sample.labels is None
+            writer.write_frame(start_ns + writer.frames_written * period_ns, sample.image, sample.labels,
+                               paths.relative_path)
+        return {"frames": writer.frames_written, "skipped": skipped, "without_ground_truth": without_gt}
