@@ -1,0 +1,245 @@
+"""``rtseg make-bag`` and ``rtseg eval``: data set splits to bags, and accuracy/latency reports."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from rtseg_ros.datasets import DATASET_NAMES
+from rtseg_ros.io.bags import STORAGES
+
+LOG = logging.getLogger(__name__)
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _parse_size(value: str) -> tuple[int, int] | None:
+    if value.lower() == "full":
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 512x1024, or 'full', got {value!r}") from None
+    return height, width
+
+
+def _parse_scales(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected scales such as 2 or 1,2,3,4, got {value!r}") from None
+
+
+def _load_label_map(path: str | None) -> dict[int, int] | None:
+    if path is None:
+        return None
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return {int(k): int(v) for k, v in data.items()}
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:
+        raise click.BadParameter(f"{path}: expected a YAML mapping of mask value to train id ({exc})") from None
+
+
+def _dataset_options(func: Any) -> Any:
+    for option in reversed([
+        click.option("--dataset", type=click.Choice(DATASET_NAMES), help="Data set layout of --root."),
+        click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data set root folder."),
+        click.option("--split", default="val", show_default=True, help="Split to read (e.g. val, test)."),
+        click.option("--label-map", type=click.Path(dir_okay=False, exists=True),
+                     help="For --dataset folder: YAML {mask value: train id}; other values become 255."),
+    ]):
+        func = option(func)
+    return func
+
+
+@click.command(context_settings=CONTEXT)
+@_dataset_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bag folder to create.")
+@click.option("--storage", type=click.Choice(list(STORAGES)), default="mcap", show_default=True)
+@click.option("--rate", "rate_hz", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
+              help="Frame rate the stamps are spaced at (Hz).")
+@click.option("--limit", type=click.IntRange(min=1), help="Write only the first N frames.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str | None, out: Path, storage: str,
+             rate_hz: float, limit: int | None, progress: bool) -> None:
+    """Turn a data set split into a rosbag2 with ground truth.
+
+    Topics: /camera/image_raw (rgb8), /camera/camera_info, /ground_truth/labels (mono8 train ids,
+    same stamp as the image) and /ground_truth/file_name (std_msgs/String, the image path relative to
+    --root). Frames are streamed one at a time.
+
+    Example: rtseg make-bag --dataset cityscapes --root ~/data/cityscapes --split val --out val_bag
+    """
+    from rtseg_ros.datasets import DatasetError
+    from rtseg_ros.evaluation.sources import make_dataset_bag
+    from rtseg_ros.io.bags import BagError
+
+    if dataset is None or root is None:
+        raise click.UsageError("make-bag needs --dataset and --root")
+    try:
+        summary = make_dataset_bag(dataset, root, split, out, storage=storage, rate_hz=rate_hz, limit=limit,
+                                   label_map=_load_label_map(label_map), progress=progress)
+    except (DatasetError, BagError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {summary['frames']} frames to {out} ({storage}); skipped {summary['skipped']} unreadable, "
+               f"{summary['without_ground_truth']} without ground truth")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("bag", required=False, type=click.Path(path_type=Path))
+@_dataset_options
+@click.option("--model", type=click.Choice(["mfaranet", "atonet"]), default="mfaranet", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint; without it the weights are random.")
+@click.option("--label-set", type=click.Choice(["cityscapes", "camvid"]),
+              help="Classes of the ground truth; defaults to the data set's own (cityscapes for bags).")
+@click.option("--backend", type=click.Choice(["torch", "compile", "tensorrt", "onnxruntime"]), default="torch",
+              show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--scales", default="1,2,3,4", show_default=True, help="MFARANet scales fused (subset of 1..4).")
+@click.option("--input-size", default="512x1024", show_default=True,
+              help="Network input HEIGHTxWIDTH, or 'full' for the frames' own size (paper-style validation).")
+@click.option("--output-resolution", type=click.Choice(["input", "network"]), default="input", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Report JSON; the Markdown summary, heatmap, overlays and per-frame log go next to it.")
+@click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write each prediction as a PNG (Cityscapes: label ids named for the test server).")
+@click.option("--overlays", type=click.IntRange(min=0), default=4, show_default=True,
+              help="How many prediction/ground-truth overlay pictures to save.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after N frames.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--live", is_flag=True, help="Play BAG over DDS to a segmentation node and score what it publishes.")
+@click.option("--rate-factor", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+              help="Live: playback speed relative to the bag's own timing.")
+@click.option("--start-node/--no-start-node", default=True, show_default=True,
+              help="Live: start segmentation_node as a subprocess, or talk to one already running.")
+@click.option("--namespace", default="", help="Live: namespace of a running node's topics (e.g. /robot1).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
+              help="Live: seconds to wait for the node to come up.")
+def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: str, label_map: str | None,
+             model: str, weights: str | None, label_set: str | None, backend: str, precision: str, device: str,
+             scales: str, input_size: str, output_resolution: str, json_path: Path, export_dir: Path | None,
+             overlays: int, max_frames: int | None, progress: bool, live: bool, rate_factor: float,
+             start_node: bool, namespace: str, timeout_s: float) -> None:
+    """Accuracy (mIoU, per-class IoU, pixel accuracy) and latency of a model on a bag or a data set.
+
+    \b
+    rtseg eval BAG --model M --weights W --json report.json            ground truth from the bag
+    rtseg eval BAG --dataset cityscapes --root DIR --split val ...     ground truth from the folder,
+                                                                       matched by recorded file name
+    rtseg eval --dataset cityscapes --root DIR --split val --input-size full ...   no bag
+    rtseg eval BAG --live --rate-factor 1 ...                          through a running node over DDS
+    """
+    from rtseg_ros.datasets import DatasetError, get_dataset_reader, get_label_set
+    from rtseg_ros.evaluation.sources import BagSource, DatasetGroundTruth, DatasetSource
+    from rtseg_ros.io.bags import BagError
+
+    if bag is None and (dataset is None or root is None):
+        raise click.UsageError("give a BAG, or --dataset and --root (or both: ground truth from the folder)")
+    if (dataset is None) != (root is None):
+        raise click.UsageError("--dataset and --root go together")
+    if live and bag is None:
+        raise click.UsageError("--live plays a BAG; make one with rtseg make-bag")
+    if label_set is None:
+        label_set = (get_dataset_reader(dataset).LABEL_SET if dataset else None) or "cityscapes"
+    labels = get_label_set(label_set)
+    if weights is None:
+        click.secho(f"WARNING: no --weights given: {model} runs with RANDOM weights, the scores are meaningless "
+                    "except as a pipeline check", fg="red", bold=True, err=True)
+    size = _parse_size(input_size)
+    settings = {"name": model, "weights": weights, "weights_sha256": _weights_hash(weights),
+                "scales": list(_parse_scales(scales)), "backend": backend, "precision": precision, "device": device,
+                "output_resolution": output_resolution}
+    mapping = _load_label_map(label_map)
+    try:
+        def make_source() -> Any:
+            if bag is not None:
+                truth = DatasetGroundTruth(dataset, root, split, mapping) if dataset else None
+                return BagSource(bag, truth)
+            return DatasetSource(dataset, root, split, mapping)
+
+        source = make_source()
+        if size is None:
+            size = _frame_size(make_source())
+        settings["input_size"] = list(size)
+        if live:
+            report = _evaluate_live(bag, labels, settings, json_path, rate_factor, start_node, namespace, timeout_s,
+                                    max_frames, progress)
+        else:
+            report = _evaluate_in_process(source, labels, settings, json_path, export_dir, overlays, max_frames,
+                                          progress, mode="bag" if bag is not None else "dataset")
+    except (DatasetError, BagError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_summary(report, json_path)
+
+
+def _weights_hash(weights: str | None) -> str | None:
+    if weights is None or not Path(weights).is_file():
+        return None
+    from rtseg_ros.nets.checkpoint import weights_hash
+
+    return weights_hash(weights)
+
+
+def _frame_size(source: Any) -> tuple[int, int]:
+    """The first readable frame's size, rounded up to the networks' multiple of 32."""
+    for frame in source:
+        height, width = frame.image.shape[:2]
+        return (-(-height // 32) * 32, -(-width // 32) * 32)
+    raise click.ClickException("no readable frame to take --input-size full from")
+
+
+def _evaluate_in_process(source: Any, labels: Any, settings: dict[str, Any], json_path: Path,
+                         export_dir: Path | None, overlays: int, max_frames: int | None, progress: bool,
+                         mode: str) -> dict[str, Any]:
+    from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig
+    from rtseg_ros.evaluation.evaluator import SegmenterPredictor, run_evaluation
+
+    height, width = settings["input_size"]
+    config = SegmenterConfig(model=settings["name"], weights=settings["weights"], label_set=labels.name,
+                             input_height=height, input_width=width, scales=tuple(settings["scales"]),
+                             backend=settings["backend"], precision=settings["precision"], device=settings["device"],
+                             output_resolution=settings["output_resolution"])
+    try:
+        segmenter = Segmenter(config)
+        segmenter.warmup()
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(f"cannot build the segmenter: {exc}") from exc
+    header = {"mode": mode, "model": settings}
+    return run_evaluation(source, SegmenterPredictor(segmenter), labels, header=header, json_path=json_path,
+                          export_dir=export_dir, overlays=overlays, max_frames=max_frames, progress=progress)
+
+
+def _evaluate_live(bag: Path, labels: Any, settings: dict[str, Any], json_path: Path, rate_factor: float,
+                   start_node: bool, namespace: str, timeout_s: float, max_frames: int | None,
+                   progress: bool) -> dict[str, Any]:
+    try:
+        from rtseg_ros.ros.bag_player import LiveOptions, run_live_evaluation
+    except ImportError as exc:
+        raise click.ClickException(f"live mode needs rclpy and sensor_msgs (pip install 'rtseg_ros[ros]'): {exc}")
+    options = LiveOptions(rate_factor=rate_factor, start_node=start_node, namespace=namespace,
+                          startup_timeout_s=timeout_s, max_frames=max_frames, progress=progress)
+    try:
+        return run_live_evaluation(bag, labels, settings, json_path, options)
+    except (RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _print_summary(report: dict[str, Any], json_path: Path) -> None:
+    def pct(value: Any) -> str:
+        return "n/a" if value is None or value != value else f"{value * 100:.2f}%"
+
+    latency = report.get("latency_ms") or {}
+    click.echo(f"frames scored {report['frames']} of {report['frames_read']} read; "
+               f"mIoU {pct(report['miou'])}, pixel accuracy {pct(report['pixel_accuracy'])}")
+    if latency.get("p50") is not None:
+        click.echo(f"latency p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms")
+    live = report.get("live")
+    if live:
+        click.echo(f"live: {live['received']} of {live['published']} frames came back, {live['dropped']} dropped, "
+                   f"{live['output_fps']:.2f} frames/s out")
+    if report.get("skipped"):
+        click.echo("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["skipped"].items())))
+    click.echo(f"report: {json_path}")
