@@ -1,0 +1,67 @@
+"""``rtseg demo``: run the segmentation node on a camera source and print live statistics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """Parse ``HEIGHTxWIDTH``."""
+    if value is None:
+        return None
+    try:
+        height, width = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 256x512, got {value!r}") from None
+    if height <= 0 or width <= 0:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
+    return height, width
+
+
+@click.command()
+@click.option("--source", default="synthetic", show_default=True,
+              help="'synthetic' street scenes, a folder of images, a video file or a rosbag2 folder.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint. Default: the toy model of `rtseg train synthetic` if present, else untrained weights.")
+@click.option("--config", default="cpu.yaml", show_default=True,
+              help="Node parameter file: a name in the package's config folder or a path.")
+@click.option("--model", type=click.Choice(["mfaranet", "atonet"]), default=None,
+              help="Override the config's (or the checkpoint's) model.")
+@click.option("--input-size", callback=_size, default=None, metavar="HxW",
+              help="Network input size, multiples of 32. Default: the config's.")
+@click.option("--frame-size", callback=_size, default="256x512", show_default=True, metavar="HxW",
+              help="Size of the synthetic camera frames.")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Camera rate (Hz).")
+@click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Seconds of camera after the node is up.")
+@click.option("--bag-topic", default="/camera/image_raw", show_default=True, help="Image topic of a rosbag2 source.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rtseg_demo"),
+              show_default=True, help="Folder for overlay.png, overlay.mp4, node.log and summary.json.")
+@click.option("--video", is_flag=True, help="Also write every overlay to overlay.mp4.")
+def demo(source: str, weights: str | None, config: str, model: str | None, input_size: tuple[int, int] | None,
+         frame_size: tuple[int, int], rate: float, duration: float, bag_topic: str, out_dir: Path, video: bool) -> None:
+    """Run the segmentation node on a camera source and print live statistics.
+
+    The node runs in its own process and DDS stays on this host (unless ROS_AUTOMATIC_DISCOVERY_RANGE
+    and FASTRTPS_DEFAULT_PROFILES_FILE are set already). Every second: camera and output rates,
+    latency from frame stamp to labels, and the frames the node dropped to stay current.
+    """
+    settings = DemoSettings(source=source, weights=weights, config=config, model=model, input_size=input_size,
+                            frame_size=frame_size, rate_hz=rate, duration_s=duration, out_dir=out_dir,
+                            video=video, bag_topic=bag_topic)
+    try:
+        summary = run_demo(settings, echo=click.echo)
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"published {summary.frames_published} frames, segmented {summary.frames_segmented}, "
+        f"dropped by the node {summary.frames_dropped_by_node}; latency p50 {summary.latency_p50_ms:.0f} ms, "
+        f"p95 {summary.latency_p95_ms:.0f} ms")
+    if summary.overlay_png:
+        click.echo(f"overlay: {summary.overlay_png}")
+    if summary.overlay_video:
+        click.echo(f"video:   {summary.overlay_video}")
+    click.echo(f"summary: {out_dir / 'summary.json'}")

@@ -1,0 +1,141 @@
+"""Frame statistics of the node and their /diagnostics form."""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+__all__ = ["FrameStatistics", "StatisticsReport", "diagnostic_status"]
+
+
+@dataclass(frozen=True)
+class StatisticsReport:
+    """Rates and latencies over the last reporting period, and totals since start."""
+
+    period_s: float
+    input_rate_hz: float
+    output_rate_hz: float
+    latency_p50_ms: float  # nan when nothing was published in the period
+    latency_p95_ms: float
+    received: int
+    published: int
+    dropped: int
+    bad: int
+    failed: int
+    bad_in_period: int
+
+
+class FrameStatistics:
+    """Thread-safe counters fed by the subscription callback and the inference worker.
+
+    Latency is measured from the frame's header stamp to the publication of its outputs, so it
+    includes transport, waiting and inference.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received = self._published = self._dropped = self._bad = self._failed = 0
+        self._period_start = time.monotonic()
+        self._period_received = self._period_published = self._period_bad = 0
+        self._period_latencies: list[float] = []
+
+    def frame_received(self, displaced_pending: bool) -> None:
+        """A frame arrived; ``displaced_pending`` if it replaced one still waiting (a drop)."""
+        with self._lock:
+            self._received += 1
+            self._period_received += 1
+            self._dropped += int(displaced_pending)
+
+    def frame_bad(self) -> None:
+        """A frame could not be decoded."""
+        with self._lock:
+            self._bad += 1
+            self._period_bad += 1
+
+    def frame_failed(self) -> None:
+        """Inference on a decoded frame raised."""
+        with self._lock:
+            self._failed += 1
+
+    def frame_published(self, latency_s: float) -> None:
+        """A frame's outputs went out, ``latency_s`` after its stamp."""
+        with self._lock:
+            self._published += 1
+            self._period_published += 1
+            self._period_latencies.append(latency_s)
+
+    def report(self) -> StatisticsReport:
+        """Summarise the period since the previous report and start a new one."""
+        now = time.monotonic()
+        with self._lock:
+            period = max(now - self._period_start, 1e-6)
+            latencies_ms = np.asarray(self._period_latencies) * 1e3
+            report = StatisticsReport(
+                period_s=period,
+                input_rate_hz=self._period_received / period,
+                output_rate_hz=self._period_published / period,
+                latency_p50_ms=float(np.percentile(latencies_ms, 50)) if latencies_ms.size else math.nan,
+                latency_p95_ms=float(np.percentile(latencies_ms, 95)) if latencies_ms.size else math.nan,
+                received=self._received,
+                published=self._published,
+                dropped=self._dropped,
+                bad=self._bad,
+                failed=self._failed,
+                bad_in_period=self._period_bad,
+            )
+            self._period_start = now
+            self._period_received = self._period_published = self._period_bad = 0
+            self._period_latencies = []
+        return report
+
+
+def diagnostic_status(
+    name: str, report: StatisticsReport, engine: dict[str, str], engine_state: str, engine_error: str
+) -> DiagnosticStatus:
+    """One DiagnosticStatus for the node.
+
+    Level is WARN while frames are being rejected or the last engine rebuild failed, else OK.
+    Values are strings as diagnostic_msgs requires; latency is ``nan`` in a period without output.
+
+    Args:
+        name: status name, conventionally ``<node name>: <what>``.
+        report: the period's statistics.
+        engine: descriptive key/values of the engine in service (model, backend, precision, ...).
+        engine_state: the swapper's state.
+        engine_error: reason of the last failed rebuild, if any.
+    """
+    problems = []
+    if report.bad_in_period:
+        problems.append(f"{report.bad_in_period} bad frame(s) in the last {report.period_s:.1f} s")
+    if engine_error:
+        problems.append(f"engine rebuild failed: {engine_error}")
+    if problems:
+        level, message = DiagnosticStatus.WARN, "; ".join(problems)
+    elif report.received == 0:
+        level, message = DiagnosticStatus.OK, "waiting for images"
+    else:
+        level, message = DiagnosticStatus.OK, f"{engine_state}, {report.output_rate_hz:.1f} Hz"
+    values = {
+        "input_rate_hz": f"{report.input_rate_hz:.2f}",
+        "output_rate_hz": f"{report.output_rate_hz:.2f}",
+        "latency_p50_ms": f"{report.latency_p50_ms:.1f}",
+        "latency_p95_ms": f"{report.latency_p95_ms:.1f}",
+        "frames_received": str(report.received),
+        "frames_published": str(report.published),
+        "frames_dropped": str(report.dropped),
+        "frames_bad": str(report.bad),
+        "frames_failed": str(report.failed),
+        "engine_state": engine_state,
+        **engine,
+    }
+    return DiagnosticStatus(
+        level=level,
+        name=name,
+        message=message,
+        hardware_id=engine.get("device", ""),
+        values=[KeyValue(key=key, value=value) for key, value in values.items()],
+    )

@@ -1,0 +1,167 @@
+"""Threads behind the node: a latest-frame inference worker and a background engine swapper.
+
+Neither imports rclpy: the node hands them plain callables, so the policies (never queue behind
+old frames; keep serving with the old engine while a new one builds) are testable on their own.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = ["LatestFrameWorker", "EngineSwapper", "EngineState"]
+
+_log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Engine = TypeVar("Engine")
+Config = TypeVar("Config")
+
+
+class LatestFrameWorker(Generic[Item]):
+    """Runs ``handle(item)`` on its own thread for the newest submitted item only.
+
+    There is one pending slot: an item submitted while another is still pending replaces it, so
+    the handler never works through a backlog of stale frames. ``submit`` says whether it
+    replaced one, for the caller's drop count.
+    """
+
+    def __init__(self, handle: Callable[[Item], None], name: str = "latest-frame-worker") -> None:
+        self._handle = handle
+        self._pending: Item | None = None
+        self._has_pending = False
+        self._stopping = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> bool:
+        """Make ``item`` the next one to handle; returns True if it displaced a pending item."""
+        with self._condition:
+            displaced = self._has_pending
+            self._pending, self._has_pending = item, True
+            self._condition.notify()
+        return displaced
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Finish the item in hand, drop the pending one and end the thread."""
+        with self._condition:
+            self._stopping = True
+            self._pending, self._has_pending = None, False
+            self._condition.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._has_pending and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+                item, self._pending, self._has_pending = self._pending, None, False
+            # The handler reports its own errors; this guard only keeps the thread alive.
+            try:
+                self._handle(item)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001
+                _log.exception("frame handler failed")
+
+
+class EngineState:
+    """Names for ``EngineSwapper.state``."""
+
+    SERVING = "serving"
+    REBUILDING = "rebuilding"
+    REBUILD_FAILED = "rebuild failed"
+
+
+class EngineSwapper(Generic[Config, Engine]):
+    """Holds the engine in service and replaces it with one built in the background.
+
+    The first engine is built in the constructor, in the caller's thread, so start-up errors
+    reach the caller. ``rebuild`` returns at once; the old engine keeps serving until the new
+    one is ready. When rebuilds overlap, only the latest request is swapped in.
+
+    Args:
+        build: makes a ready-to-serve engine from a config (may take seconds).
+        config: the first engine's config.
+        on_swap: called from the build thread with the new config after a swap.
+        on_failure: called from the build thread with the rejected config and the error.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[Config], Engine],
+        config: Config,
+        on_swap: Callable[[Config], None] = lambda config: None,
+        on_failure: Callable[[Config, Exception], None] = lambda config, error: None,
+    ) -> None:
+        self._build = build
+        self._on_swap = on_swap
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self._engine = build(config)
+        self._config = config
+        self._generation = 0
+        self._state = EngineState.SERVING
+        self._last_error = ""
+        self._builders: list[threading.Thread] = []
+
+    @property
+    def engine(self) -> Engine:
+        """The engine in service (read it once per frame: it may change between frames)."""
+        return self._engine
+
+    @property
+    def config(self) -> Config:
+        """The config of the engine in service."""
+        return self._config
+
+    @property
+    def state(self) -> str:
+        """``serving``, ``rebuilding`` or ``rebuild failed`` (the old engine serves in every case)."""
+        return self._state
+
+    @property
+    def last_error(self) -> str:
+        """The reason of the last failed rebuild, empty if none failed since the last swap."""
+        return self._last_error
+
+    def rebuild(self, config: Config) -> bool:
+        """Start building an engine for ``config``; returns False if it is already the one serving."""
+        with self._lock:
+            if config == self._config and self._state != EngineState.REBUILDING:
+                return False
+            self._generation += 1
+            generation = self._generation
+            self._state = EngineState.REBUILDING
+            builder = threading.Thread(
+                target=self._build_and_swap, args=(config, generation), name=f"engine-build-{generation}", daemon=True
+            )
+            self._builders = [thread for thread in self._builders if thread.is_alive()] + [builder]
+        builder.start()
+        return True
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait for the rebuilds in progress (for shutdown and tests)."""
+        with self._lock:
+            builders = list(self._builders)
+        for thread in builders:
+            thread.join(timeout)
+
+    def _build_and_swap(self, config: Config, generation: int) -> None:
+        try:
+            engine = self._build(config)
+        except Exception as exc:  # noqa: BLE001 - any build error leaves the old engine serving
+            with self._lock:
+                if generation != self._generation:
+                    return
+                self._state, self._last_error = EngineState.REBUILD_FAILED, str(exc)
+            self._on_failure(config, exc)
+            return
+        with self._lock:
+            if generation != self._generation:
+                return  # a newer request superseded this one
+            self._engine, self._config = engine, config
+            self._state, self._last_error = EngineState.SERVING, ""
+        self._on_swap(config)

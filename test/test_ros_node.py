@@ -1,0 +1,308 @@
+"""The segmentation node over real rclpy on loopback, the node in its own process.
+
+One node (raw input) and one with compressed input serve the whole module; a test client in this
+process publishes frames and checks what comes back.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ros_helpers import (
+    LATCHED,
+    STARTUP_TIMEOUT_S,
+    CameraInfo,
+    Client,
+    CompressedImage,
+    DiagnosticArray,
+    Image,
+    NodeProcess,
+    String,
+    image_msg,
+    labels_of,
+    make_header,
+    node_command,
+    raw_image_msg,
+    write_random_checkpoint,
+)
+from rtseg_ros.datasets.labels import CITYSCAPES
+from rtseg_ros.datasets.synthetic import make_scene
+from rtseg_ros.io.images import image_msg_to_array
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+RAW = "/raw"  # namespaces of the two nodes
+COMPRESSED = "/compressed"
+NETWORK_SIZE = (64, 128)  # height, width
+FRAME_SIZE = (72, 120)  # deliberately not the network size
+
+
+def node_parameters(weights: Path, **extra: object) -> dict[str, object]:
+    return {
+        "weights": str(weights), "model": "mfaranet", "input_height": NETWORK_SIZE[0],
+        "input_width": NETWORK_SIZE[1], "qos_reliability": "reliable", "qos_depth": 1, **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_checkpoint(tmp_path_factory.mktemp("weights") / "mfaranet_random.pth")
+
+
+@pytest.fixture(scope="module")
+def nodes(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
+    logs = tmp_path_factory.mktemp("logs")
+    processes = {
+        RAW: NodeProcess(node_command(RAW, node_parameters(weights)), logs / "raw.log"),
+        COMPRESSED: NodeProcess(node_command(COMPRESSED, node_parameters(weights, input_transport="compressed")),
+                                logs / "compressed.log"),
+    }
+    yield processes
+    for process in processes.values():
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(nodes: dict[str, NodeProcess]) -> Iterator[Client]:
+    client = Client()
+    for ns in (RAW, COMPRESSED):
+        for output in ("labels", "confidence", "overlay"):
+            client.subscribe(f"{ns}/segmentation/{output}", Image)
+        client.subscribe(f"{ns}/segmentation/camera_info", CameraInfo)
+        client.subscribe(f"{ns}/segmentation/label_info", String, LATCHED)
+    client.subscribe("/diagnostics", DiagnosticArray)
+    for ns, process in nodes.items():
+        client.wait_for(lambda ns=ns: bool(client.messages(f"{ns}/segmentation/label_info")), STARTUP_TIMEOUT_S,
+                        f"{ns} node start-up", process)
+        client.wait_for_subscriber(f"{ns}/image", CompressedImage if ns == COMPRESSED else Image, process)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return make_scene(11, *FRAME_SIZE)[0]
+
+
+def segment(client: Client, nodes: dict[str, NodeProcess], msg: Image, ns: str = RAW) -> np.ndarray:
+    (labels,) = client.send_and_collect(f"{ns}/image", msg, [f"{ns}/segmentation/labels"], nodes[ns])
+    return labels_of(labels)
+
+
+def test_outputs_carry_the_input_header(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
+    info = CameraInfo(header=make_header(), height=FRAME_SIZE[0], width=FRAME_SIZE[1], k=[50.0, 0, 60, 0, 50, 36, 0, 0, 1])
+    client.wait_for_subscriber(f"{RAW}/camera_info", CameraInfo, nodes[RAW])
+    client.publisher(f"{RAW}/camera_info", CameraInfo).publish(info)
+    client.spin_for(0.3)  # camera_info and image are separate topics: let the info land first
+    header = make_header("front_camera")
+    outputs = [f"{RAW}/segmentation/{name}" for name in ("labels", "confidence", "overlay", "camera_info")]
+    labels, confidence, overlay, camera_info = client.send_and_collect(
+        f"{RAW}/image", image_msg(scene, "rgb8", header), outputs, nodes[RAW])
+
+    for msg in (labels, confidence, overlay, camera_info):
+        assert msg.header.stamp == header.stamp and msg.header.frame_id == "front_camera"
+    height, width = FRAME_SIZE
+    assert (labels.encoding, labels.height, labels.width) == ("mono8", height, width)
+    assert labels_of(labels).max() < CITYSCAPES.num_classes
+    assert (confidence.encoding, confidence.height, confidence.width) == ("32FC1", height, width)
+    probabilities = np.frombuffer(confidence.data, np.float32)
+    assert probabilities.min() >= 1.0 / CITYSCAPES.num_classes - 1e-6 and probabilities.max() <= 1.0
+    assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", height, width)
+    # Labels at the frame's size: camera_info goes out unscaled.
+    assert (camera_info.width, camera_info.height) == (width, height) and list(camera_info.k) == list(info.k)
+
+
+def _equivalents(scene: np.ndarray) -> list[tuple[str, Image, np.ndarray]]:
+    """(name, message, the rgb8 frame with the same pixels) for every raw encoding."""
+    rgba = np.concatenate([scene, np.full(scene.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    grey = cv2.cvtColor(scene, cv2.COLOR_RGB2GRAY)
+    mono16 = grey.astype(np.uint16) * 257
+    packed = np.ascontiguousarray(scene[..., :2])  # any bytes are a valid YUV 4:2:2 image
+    mosaic = grey
+    cases = [
+        ("bgr8", image_msg(np.ascontiguousarray(scene[..., ::-1]), "bgr8"), scene),
+        ("rgba8", image_msg(rgba, "rgba8"), scene),
+        ("bgra8", image_msg(np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]), "bgra8"), scene),
+        ("mono8", image_msg(grey, "mono8"), np.repeat(grey[..., None], 3, 2)),
+        ("mono16", image_msg(mono16, "mono16"), np.repeat(grey[..., None], 3, 2)),
+    ]
+    for encoding in ("yuv422", "yuv422_yuy2", "uyvy", "yuyv"):
+        cases.append((encoding, raw_image_msg(packed, encoding), None))
+    for encoding in ("bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"):
+        cases.append((encoding, raw_image_msg(mosaic, encoding), None))
+    resolved = []
+    for name, msg, rgb in cases:
+        if rgb is None:
+            # The equivalent frame of a converted encoding is its conversion (checked in test_io_images).
+            rgb = np.ascontiguousarray(image_msg_to_array(msg)[0])
+        resolved.append((name, msg, rgb))
+    return resolved
+
+
+def test_every_encoding_matches_its_rgb8_equivalent(client: Client, nodes: dict[str, NodeProcess],
+                                                    scene: np.ndarray) -> None:
+    tested = set()
+    for name, msg, rgb in _equivalents(scene):
+        expected = segment(client, nodes, image_msg(rgb, "rgb8"))
+        got = segment(client, nodes, msg)
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+        tested.add(name)
+    from rtseg_ros.io.images import SUPPORTED_ENCODINGS
+
+    assert tested | {"rgb8"} == set(SUPPORTED_ENCODINGS)
+
+
+def test_compressed_input_matches_rgb8(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
+    bgr = np.ascontiguousarray(scene[..., ::-1])
+    _, png = cv2.imencode(".png", bgr)
+    from_png = segment(client, nodes, CompressedImage(header=make_header(), format="png", data=png.tobytes()), COMPRESSED)
+    np.testing.assert_array_equal(from_png, segment(client, nodes, image_msg(scene, "rgb8")))
+
+    # JPEG is lossy: the equivalent rgb8 frame is the decoded JPEG.
+    _, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    decoded = np.ascontiguousarray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1])
+    from_jpeg = segment(client, nodes, CompressedImage(header=make_header(), format="jpeg", data=jpeg.tobytes()),
+                        COMPRESSED)
+    np.testing.assert_array_equal(from_jpeg, segment(client, nodes, image_msg(decoded, "rgb8")))
+
+
+def _fresh_diagnostics(client: Client, nodes: dict[str, NodeProcess]) -> dict[str, str]:
+    """Values of a diagnostics message that arrives after this call."""
+    count = len(client.received["/diagnostics"])
+    client.wait_for(lambda: len(client.received["/diagnostics"]) > count + 1 and bool(client.latest_diagnostics()),
+                    what="fresh diagnostics", node=nodes[RAW])
+    return client.latest_diagnostics()
+
+
+def test_malformed_frames_are_counted_and_skipped(client: Client, nodes: dict[str, NodeProcess],
+                                                 scene: np.ndarray) -> None:
+    bad_before = int(_fresh_diagnostics(client, nodes)["frames_bad"])
+    good = image_msg(scene, "rgb8")
+    truncated = image_msg(scene, "rgb8")
+    truncated.data = truncated.data[: len(truncated.data) // 2]
+    wrong_step = image_msg(scene, "rgb8")
+    wrong_step.step = 7
+    unknown = raw_image_msg(scene, "rgb8")
+    unknown.encoding = "32FC3"
+    empty = Image(header=make_header(), encoding="rgb8", height=0, width=0, step=0)
+    broken = [truncated, wrong_step, unknown, empty]
+    publisher = client.publisher(f"{RAW}/image", Image)
+    for msg in broken:
+        publisher.publish(msg)
+        # One at a time: the latest-frame policy would otherwise drop some before they are looked at.
+        client.spin_for(0.3)
+    broken_compressed = CompressedImage(header=make_header(), format="jpeg", data=b"\xff\xd8 broken")
+    client.publisher(f"{COMPRESSED}/image", CompressedImage).publish(broken_compressed)
+
+    labels = segment(client, nodes, good)
+    assert labels.shape == FRAME_SIZE
+    for msg in broken:
+        assert client.by_stamp(f"{RAW}/segmentation/labels", msg.header) is None
+    client.wait_for(lambda: int(_fresh_diagnostics(client, nodes)["frames_bad"]) >= bad_before + len(broken),
+                    what=f"{len(broken)} bad frames in the diagnostics")
+    nodes[RAW].check_running()
+    nodes[COMPRESSED].check_running()
+    assert "skipping bad frame" in nodes[COMPRESSED].log()
+
+
+def test_label_info_reaches_late_joiners(nodes: dict[str, NodeProcess], client: Client) -> None:
+    late = Client("rtseg_late_joiner")
+    try:
+        late.subscribe(f"{RAW}/segmentation/label_info", String, LATCHED)
+        late.wait_for(lambda: bool(late.messages(f"{RAW}/segmentation/label_info")), what="latched label_info")
+        info = json.loads(late.messages(f"{RAW}/segmentation/label_info")[-1].data)
+    finally:
+        late.close()
+    assert info["format"] == "rtseg_ros/label_info/1"
+    assert info["label_set"] == "cityscapes" and info["num_classes"] == 19
+    assert [c["name"] for c in info["classes"]] == list(CITYSCAPES.class_names)
+    assert [tuple(c["color"]) for c in info["classes"]] == list(CITYSCAPES.colors)
+    assert info["model"] == "mfaranet" and info["input_size"] == list(NETWORK_SIZE)
+
+
+def test_fast_publisher_gets_no_backlog(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
+    topic = f"{RAW}/segmentation/labels"
+    dropped_before = int(_fresh_diagnostics(client, nodes)["frames_dropped"])
+    publisher = client.publisher(f"{RAW}/image", Image)
+    burst = [image_msg(scene, "rgb8") for _ in range(150)]
+    first_output = len(client.received[topic])
+    for msg in burst:
+        publisher.publish(msg)
+        client.executor.spin_once(timeout_sec=0.002)
+    burst_end = time.monotonic()
+    last = burst[-1].header
+    # The newest frame is always segmented in the end ...
+    client.wait_for(lambda: client.by_stamp(topic, last) is not None, what="the last frame of the burst")
+    client.spin_for(1.0)  # anything still queued would arrive now
+    outputs = client.received[topic][first_output:]
+    stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in outputs}
+    burst_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in burst}
+    assert stamps <= burst_stamps
+    # ... and after the burst only the frames in hand and pending remain (plus one in the middleware
+    # queue), not a backlog of the 150 published.
+    after_burst = [arrival for arrival, _ in outputs if arrival > burst_end]
+    assert len(after_burst) <= 3, f"{len(after_burst)} outputs after the burst ended"
+    assert len(outputs) < len(burst)
+    dropped = int(_fresh_diagnostics(client, nodes)["frames_dropped"])
+    assert dropped > dropped_before
+
+
+def test_diagnostics_report_rates_and_engine(client: Client, nodes: dict[str, NodeProcess]) -> None:
+    values = _fresh_diagnostics(client, nodes)
+    for key in ("input_rate_hz", "output_rate_hz", "latency_p50_ms", "latency_p95_ms", "frames_dropped",
+                "frames_bad", "engine_state"):
+        assert key in values
+    assert (values["backend"], values["precision"], values["model"]) == ("torch", "fp32", "mfaranet")
+    assert values["input_size"] == f"{NETWORK_SIZE[1]}x{NETWORK_SIZE[0]}"
+
+
+def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dict[str, NodeProcess],
+                                                     scene: np.ndarray, weights: Path) -> None:
+    from rtseg_ros.engines import Segmenter, SegmenterConfig
+
+    label_info = f"{RAW}/segmentation/label_info"
+    infos = len(client.messages(label_info))
+
+    def swapped() -> dict:
+        client.wait_for(lambda: len(client.messages(label_info)) > infos, what="the engine swap", node=nodes[RAW])
+        return json.loads(client.messages(label_info)[-1].data)
+
+    # Invalid values are rejected with a reason and change nothing.
+    rejected = client.set_parameters(f"{RAW}/segmentation_node", {"model": "unet"})
+    assert not rejected[0].successful and "model must be one of" in rejected[0].reason
+    rejected = client.set_parameters(f"{RAW}/segmentation_node", {"scales": [2, 5]})
+    assert not rejected[0].successful and "scales" in rejected[0].reason
+    rejected = client.set_parameters(f"{RAW}/segmentation_node", {"backend": "tensorrt"})
+    assert not rejected[0].successful and "needs CUDA" in rejected[0].reason
+    rejected = client.set_parameters(f"{RAW}/segmentation_node", {"input_width": 100})
+    assert not rejected[0].successful
+
+    # Labels at the network size, now 64x96.
+    results = client.set_parameters(f"{RAW}/segmentation_node", {"output_resolution": "network", "input_width": 96})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    info = swapped()
+    assert info["input_size"] == [64, 96] and info["output_resolution"] == "network"
+    header = make_header()
+    labels, camera_info = client.send_and_collect(
+        f"{RAW}/image", image_msg(scene, "rgb8", header),
+        [f"{RAW}/segmentation/labels", f"{RAW}/segmentation/camera_info"], nodes[RAW])
+    assert (labels.height, labels.width) == (64, 96)
+    assert (camera_info.height, camera_info.width) == (64, 96)
+    assert camera_info.k[0] == pytest.approx(50.0 * 96 / FRAME_SIZE[1])
+
+    # Pruning MFARANet to scale 2 gives what a Segmenter with scale 2 gives.
+    infos = len(client.messages(label_info))
+    results = client.set_parameters(f"{RAW}/segmentation_node", {"scales": [2]})
+    assert results[0].successful, results[0].reason
+    assert swapped()["scales"] == [2]
+    pruned = segment(client, nodes, image_msg(scene, "rgb8"))
+    expected = Segmenter(SegmenterConfig(model="mfaranet", weights=str(weights), input_height=64, input_width=96,
+                                         scales=(2,), output_resolution="network")).segment(scene).labels
+    np.testing.assert_array_equal(pruned, expected)
+    nodes[RAW].check_running()
