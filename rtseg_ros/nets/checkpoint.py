@@ -16,6 +16,7 @@ containers. Half-precision files are cast to the model's dtype.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -263,14 +264,15 @@ def convert_official_atonet(state: Mapping[str, Tensor]) -> tuple[dict[str, Tens
 # Loading into a model
 
 
-def _architecture_keys(model: nn.Module) -> set[str]:
-    """Every parameter name the model's architecture can have (all scales, training heads included),
-    so that keys of modules pruned away can be told from foreign keys."""
+@functools.lru_cache(maxsize=8)
+def _architecture_keys(model_name: str, num_classes: int) -> frozenset[str]:
+    """Every parameter name the architecture can have (all scales, training heads included), so that
+    keys of modules pruned away can be told from foreign keys. Built on the meta device: no memory."""
     from rtseg_ros.nets.builders import build_model
 
     with torch.device("meta"):
-        full = build_model(model.model_name, model.num_classes, training_heads=True)
-    return set(full.state_dict())
+        full = build_model(model_name, num_classes, training_heads=True)
+    return frozenset(full.state_dict())
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool = True) -> LoadReport:
@@ -305,7 +307,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
 
     own = model.state_dict()
     extra = [k for k in state if k not in own]
-    foreign = [k for k in extra if k not in _architecture_keys(model)]
+    known = _architecture_keys(name, model.num_classes) if extra else frozenset()
+    foreign = [k for k in extra if k not in known]
     if foreign:
         raise WeightsError(f"{path} does not fit {name}: unexpected keys {_preview(foreign)}")
     if extra:

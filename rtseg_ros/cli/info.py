@@ -1,0 +1,60 @@
+"""``rtseg info``: parameters and GFLOPs of a model's inference graph."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from rtseg_ros.nets.builders import MODEL_NAMES
+
+
+def _parse_size(value: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 1024x2048, got {value!r}") from None
+    if height < 1 or width < 1:
+        raise click.BadParameter(f"height and width must be positive, got {value!r}")
+    return height, width
+
+
+def _parse_scales(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected scales such as 2 or 1,2,3,4, got {value!r}") from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mfaranet", show_default=True)
+@click.option(
+    "--scales", default="1,2,3,4", show_default=True,
+    help="MFARANet scales fused into the output (subset of 1..4); a single scale is the pruned model.",
+)
+@click.option("--size", default="1024x2048", show_default=True, help="Input HEIGHTxWIDTH.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=19, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def info(model_name: str, scales: str, size: str, num_classes: int, as_json: bool) -> None:
+    """Parameters and GFLOPs of a model's inference graph (batch 1, no weights needed).
+
+    Example: rtseg info --model mfaranet --scales 2 --size 1024x2048
+    """
+    from rtseg_ros.nets.complexity import FLOPS_NOTE, measure_complexity
+
+    height, width = _parse_size(size)
+    try:
+        result = measure_complexity(
+            model_name, scales=_parse_scales(scales), height=height, width=width, num_classes=num_classes
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    scale_text = ",".join(map(str, result.scales)) if model_name == "mfaranet" else "n/a"
+    click.echo(f"model       {result.model}")
+    click.echo(f"scales      {scale_text}")
+    click.echo(f"input       1x3x{height}x{width}, {num_classes} classes")
+    click.echo(f"parameters  {result.parameters:,} ({result.mparams:.2f} M, modules in the inference graph)")
+    click.echo(f"GFLOPs      {result.gflops:.1f}")
+    click.echo(f"note        {FLOPS_NOTE}")
