@@ -121,21 +121,22 @@ class ATONet(nn.Module):
             )
 
     def _features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Returns the inputs of the five projections (for the auxiliary heads) and the stride-4 logits."""
         self._check_size(x)
-        encoded = self.encoder(x)
-        stage_features = [*encoded, self.context(encoded[3])]
+        c1, c2, c3, c4 = self.encoder(x)
+        features = [c1, c2, c3, c4, self.context(c4)]
+        p1, p2, p3, p4, p5 = (project(f) for project, f in zip(self.projections, features))
         quarter = (x.shape[-2] // 4, x.shape[-1] // 4)
-        summed: Tensor | None = None
-        for index, (project, feature) in enumerate(zip(self.projections, stage_features)):
-            projected = project(feature)
-            if index in (1, 2):
-                # Fixed factors (x2, x4) as in the authors' code; with sizes multiple of 16 they land on stride 4.
-                projected = F.interpolate(projected, scale_factor=2 ** index, mode="bilinear", align_corners=False)
-            elif index > 2:
-                projected = F.interpolate(projected, size=quarter, mode="bilinear", align_corners=False)
-            summed = projected if summed is None else summed + projected
-        assert summed is not None
-        return stage_features, self.classifier(self.fusion(self.relu(summed)))
+        # Stages 2 and 3 are upsampled by fixed factors, the rest to the stride-4 size, as the authors do;
+        # the sizes agree because H and W are multiples of 16.
+        summed = (
+            p1
+            + F.interpolate(p2, scale_factor=2, mode="bilinear", align_corners=False)
+            + F.interpolate(p3, scale_factor=4, mode="bilinear", align_corners=False)
+            + F.interpolate(p4, size=quarter, mode="bilinear", align_corners=False)
+            + F.interpolate(p5, size=quarter, mode="bilinear", align_corners=False)
+        )
+        return features, self.classifier(self.fusion(self.relu(summed)))
 
     def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         _, logits = self._features(x)
@@ -149,9 +150,9 @@ class ATONet(nn.Module):
     def forward_train(self, x: Tensor, output_size: Sequence[int] | None = None) -> dict[str, Tensor]:
         """``{"out": logits as forward}``, plus ``"aux1".."aux5"`` at their native strides (4, 8, 16, 32, 32)
         when built with ``training_heads=True``."""
-        stage_features, logits = self._features(x)
+        features, logits = self._features(x)
         outputs = {"out": self._upsample(logits, output_size or x.shape[-2:])}
         if self.aux_classifiers is not None:
-            for index, feature in enumerate(stage_features):
-                outputs[f"aux{index + 1}"] = self.aux_classifiers[f"aux{index + 1}"](feature)
+            for index, feature in enumerate(features, start=1):
+                outputs[f"aux{index}"] = self.aux_classifiers[f"aux{index}"](feature)
         return outputs

@@ -93,13 +93,9 @@ class FlowAlignment(nn.Module):
         height, width = fine.shape[-2:]
         coarse = _resize(self.coarse_projection(coarse), (height, width))
         flow = self.flow(torch.cat([self.fine_projection(fine), coarse], dim=1))
-        ys = torch.linspace(-1.0, 1.0, height, dtype=fine.dtype, device=fine.device)
-        xs = torch.linspace(-1.0, 1.0, width, dtype=fine.dtype, device=fine.device)
-        base = torch.stack(
-            [xs.view(1, width).expand(height, width), ys.view(height, 1).expand(height, width)], dim=-1
-        )
-        scale = torch.tensor([width, height], dtype=fine.dtype, device=fine.device)
-        return base.unsqueeze(0) + flow.permute(0, 2, 3, 1) / scale
+        xs = torch.linspace(-1.0, 1.0, width, dtype=flow.dtype, device=flow.device).view(1, 1, width)
+        ys = torch.linspace(-1.0, 1.0, height, dtype=flow.dtype, device=flow.device).view(1, height, 1)
+        return torch.stack((xs + flow[:, 0] / width, ys + flow[:, 1] / height), dim=-1)
 
     @staticmethod
     def warp(x: Tensor, grid: Tensor) -> Tensor:
