@@ -259,7 +259,7 @@ def test_diagnostics_report_rates_and_engine(client: Client, nodes: dict[str, No
                 "frames_bad", "engine_state"):
         assert key in values
     assert (values["backend"], values["precision"], values["model"]) == ("torch", "fp32", "mfaranet")
-    assert values["input_size"] == f"{NETWORK_SIZE[1]}x{NETWORK_SIZE[0]}"
+    assert values["input_size"] == f"{NETWORK_SIZE[0]}x{NETWORK_SIZE[1]}"
 
 
 def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dict[str, NodeProcess],

@@ -33,7 +33,7 @@ __all__ = [
     "package_file",
     "loopback_dds_environment",
     "frame_source",
-    "resolve_weights",
+    "choose_weights",
     "node_command",
     "run_demo",
 ]
@@ -203,12 +203,19 @@ def _bag_frames(path: Path, topic: str) -> Iterator[tuple[np.ndarray, str]]:
         raise DemoError(str(exc)) from None
 
 
-def resolve_weights(weights: str | None) -> tuple[str | None, str]:
-    """The weights the demo runs and a note for the user: given, the toy model, or none (random)."""
+def choose_weights(weights: str | None) -> tuple[str | None, str]:
+    """The weights the demo runs and a note for the user: given, the toy model, or none (random).
+
+    ``weights`` is a path, a file name in the models folders or a ``models/manifest.yaml`` entry.
+    """
     if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise DemoError(f"weights file {weights!r} does not exist")
+        from rtseg_ros.nets import WeightsError
+        from rtseg_ros.nets.weights import resolve_weights
+
+        try:
+            path = resolve_weights(weights)
+        except WeightsError as exc:
+            raise DemoError(str(exc)) from None
         return str(path), f"weights {path}"
     if TOY_WEIGHTS.is_file():
         return str(TOY_WEIGHTS), (
@@ -261,7 +268,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     if settings.rate_hz <= 0 or settings.duration_s <= 0:
         raise DemoError("rate and duration must be positive")
     frames = frame_source(settings)
-    weights, note = resolve_weights(settings.weights)
+    weights, note = choose_weights(settings.weights)
     echo(note)
     os.environ.update(loopback_dds_environment(os.environ))
     out_dir = settings.out_dir.expanduser()

@@ -1,6 +1,7 @@
 """The demo's ROS side: a camera publisher that also listens to the segmentation outputs."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -156,7 +157,14 @@ class DemoClient:
         self.video_frames += 1
 
     def _on_label_info(self, msg: object) -> None:
-        self.label_info_text = getattr(msg, "data", None) or f"{len(msg.class_map)} classes"  # type: ignore[attr-defined]
+        if LabelInfo is not None and isinstance(msg, LabelInfo):
+            self.label_info_text = f"{len(msg.class_map)} classes"
+            return
+        info = json.loads(msg.data)  # type: ignore[attr-defined]
+        height, width = info["input_size"]
+        self.label_info_text = (
+            f"{info['model']} on {info['label_set']} ({info['num_classes']} classes), input {height}x{width}, "
+            f"{info['backend']}/{info['precision']} on {info['device']}")
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:

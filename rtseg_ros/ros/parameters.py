@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
@@ -16,7 +15,8 @@ from rclpy.node import Node
 
 from rtseg_ros.datasets.labels import LABEL_SETS
 from rtseg_ros.engines import BACKENDS, OUTPUT_RESOLUTIONS, PRECISIONS, ConfigError, SegmenterConfig, check_runtime
-from rtseg_ros.nets import MODEL_NAMES
+from rtseg_ros.nets import MODEL_NAMES, WeightsError
+from rtseg_ros.nets.weights import resolve_weights
 
 __all__ = [
     "PARAMETERS",
@@ -75,7 +75,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "model": ParameterSpec(
         "mfaranet", "Network architecture.", choices=MODEL_NAMES, rebuilds_engine=True),
     "weights": ParameterSpec(
-        "", "Checkpoint file (ours or the authors'). Empty: untrained random weights, for testing only.",
+        "", "Checkpoint: a path, a file name in the models folders, or a models/manifest.yaml entry "
+        "(ours or the authors' files). Empty: untrained random weights, for testing only.",
         rebuilds_engine=True),
     "label_set": ParameterSpec(
         "cityscapes", "Classes the weights predict; sets the class names and overlay colours.",
@@ -156,12 +157,6 @@ def validate_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
         raise ParameterError(f"scales must not repeat; got {scales}")
     if not 0.0 <= float(values["overlay_alpha"]) <= 1.0:
         raise ParameterError(f"overlay_alpha must be in [0, 1]; got {values['overlay_alpha']}")
-    weights = values["weights"]
-    if weights and not Path(weights).expanduser().is_file():
-        raise ParameterError(
-            f"weights file {weights!r} does not exist: set 'weights' to a checkpoint path, "
-            "or to '' to run with untrained random weights"
-        )
     config = segmenter_config(values)
     try:
         config.validate()
@@ -172,11 +167,14 @@ def validate_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
 
 
 def segmenter_config(values: Mapping[str, Any]) -> SegmenterConfig:
-    """The SegmenterConfig the engine parameters describe (not validated)."""
-    weights = values["weights"]
+    """The SegmenterConfig the engine parameters describe (weights resolved, nothing else validated).
+
+    Raises:
+        ParameterError: ``weights`` names no existing file or manifest entry.
+    """
     return SegmenterConfig(
         model=values["model"],
-        weights=str(Path(weights).expanduser()) if weights else None,
+        weights=_weights_path(values["weights"]),
         label_set=values["label_set"],
         input_height=int(values["input_height"]),
         input_width=int(values["input_width"]),
@@ -187,6 +185,16 @@ def segmenter_config(values: Mapping[str, Any]) -> SegmenterConfig:
         output_resolution=values["output_resolution"],
         cache_dir=values["engine_cache_dir"] or None,
     )
+
+
+def _weights_path(weights: str) -> str | None:
+    """A weights parameter (a path, a file name in the models folders, or a manifest entry) as a path."""
+    if not weights:
+        return None
+    try:
+        return str(resolve_weights(weights))
+    except WeightsError as exc:
+        raise ParameterError(f"{exc}; or set 'weights' to '' to run with untrained random weights") from None
 
 
 def _as_sequence(value: Any) -> Sequence[Any]:

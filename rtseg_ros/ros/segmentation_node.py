@@ -142,7 +142,7 @@ class SegmentationNode(Node):
         self._publish_label_info(config)
         self.get_logger().info(
             f"serving {config.model} ({config.backend}, {config.precision}, {config.device}) at "
-            f"{config.input_width}x{config.input_height}; subscribed to {self.resolve_topic_name('image')}")
+            f"{config.input_height}x{config.input_width} (HxW); subscribed to {self.resolve_topic_name('image')}")
 
     def destroy_node(self) -> None:
         self._worker.stop()
@@ -157,7 +157,7 @@ class SegmentationNode(Node):
 
     def _on_engine_swapped(self, config: SegmenterConfig) -> None:
         self.get_logger().info(
-            f"now serving {config.model} {config.backend}/{config.precision} at {config.input_width}x{config.input_height}, "
+            f"now serving {config.model} {config.backend}/{config.precision} at {config.input_height}x{config.input_width}, "
             f"scales {list(config.scales)}")
         self._publish_label_info(config)
 
@@ -257,7 +257,7 @@ class SegmentationNode(Node):
             "backend": config.backend,
             "precision": config.precision,
             "device": config.device,
-            "input_size": f"{config.input_width}x{config.input_height}",
+            "input_size": f"{config.input_height}x{config.input_width}",  # HxW like everywhere else
             "scales": ",".join(map(str, config.scales)),
             "weights": config.weights or "untrained (random)",
         }

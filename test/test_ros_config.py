@@ -1,0 +1,96 @@
+"""Every parameter file in config/ starts the real node; bad weights stop it with a clear error."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ros_helpers import LATCHED, REPO, STARTUP_TIMEOUT_S, Client, NodeProcess, String, node_command, write_random_checkpoint
+from rtseg_ros.ros.parameters import PARAMETERS, segmenter_config
+
+pytestmark = pytest.mark.ros
+
+CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+# Run each file on this CPU: random weights, eager PyTorch, a small input.
+CPU_OVERRIDES = {"weights": "", "backend": "torch", "precision": "fp32", "device": "cpu",
+                 "input_height": 64, "input_width": 128}
+EXIT_TIMEOUT_S = 60.0
+
+
+def _parameters(path: Path) -> dict:
+    document = yaml.safe_load(path.read_text())
+    assert list(document) == ["/**"], f"{path.name}: use the '/**:' wildcard so any node name picks it up"
+    return document["/**"]["ros__parameters"]
+
+
+def test_the_shipped_settings_exist() -> None:
+    names = {path.name for path in CONFIGS}
+    assert {"mfaranet_cityscapes.yaml", "mfaranet_cityscapes_pruned.yaml", "atonet_cityscapes.yaml",
+            "atonet_camvid.yaml", "cpu.yaml"} <= names
+    assert (REPO / "config" / "fastdds_localhost.xml").is_file()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_sets_declared_parameters_with_their_types(path: Path) -> None:
+    values = _parameters(path)
+    unknown = set(values) - set(PARAMETERS)
+    assert not unknown, f"{path.name} sets undeclared parameters {unknown} (the node would ignore them)"
+    for name, value in values.items():
+        assert type(value) is type(PARAMETERS[name].default), f"{path.name}: {name}={value!r}"
+    # As shipped (GPU settings included) the engine settings are consistent; this machine may not run them.
+    # Weight files are not shipped, so only their absence is allowed to differ.
+    segmenter_config({**{n: s.default for n, s in PARAMETERS.items()}, **values, "weights": ""}).validate()
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, dict[str, NodeProcess]]]:
+    """One node per config file, all started at once, each in its own namespace."""
+    logs = tmp_path_factory.mktemp("config_logs")
+    nodes = {path.stem: NodeProcess(node_command(f"/{path.stem}", CPU_OVERRIDES, params_file=path), logs / f"{path.stem}.log")
+             for path in CONFIGS}
+    client = Client("rtseg_config_test")
+    for name in nodes:
+        client.subscribe(f"/{name}/segmentation/label_info", String, LATCHED)
+    yield client, nodes
+    client.close()
+    for node in nodes.values():
+        node.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_node_starts_with_config(path: Path, started: tuple[Client, dict[str, NodeProcess]]) -> None:
+    client, nodes = started
+    topic = f"/{path.stem}/segmentation/label_info"
+    client.wait_for(lambda: bool(client.messages(topic)), STARTUP_TIMEOUT_S, f"{path.name} to start", nodes[path.stem])
+    info = json.loads(client.messages(topic)[-1].data)
+    values = _parameters(path)
+    assert info["model"] == values["model"] and info["label_set"] == values["label_set"]
+    assert info["input_size"] == [CPU_OVERRIDES["input_height"], CPU_OVERRIDES["input_width"]]
+
+
+def _exit(command: list[str], log: Path) -> tuple[int, str]:
+    node = NodeProcess(command, log)
+    node.process.wait(EXIT_TIMEOUT_S)
+    node.stop()
+    return node.process.returncode, node.log()
+
+
+def test_missing_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_weights.pth"
+    code, log = _exit(node_command("/missing", {"weights": str(missing)}), tmp_path / "node.log")
+    assert code == 2
+    assert str(missing) in log and "not found" in log and "set 'weights' to '' to run with untrained random weights" in log
+    assert "Traceback" not in log
+
+
+def test_mismatched_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    camvid = write_random_checkpoint(tmp_path / "atonet_camvid.pth", "atonet", "camvid")
+    code, log = _exit(node_command("/mismatched", {"weights": str(camvid), "model": "atonet", "label_set": "cityscapes",
+                                                   "input_height": 64, "input_width": 128}), tmp_path / "node.log")
+    assert code == 2
+    assert f"cannot load weights '{camvid}'" in log and "Point 'weights' at a checkpoint" in log
+    assert "Traceback" not in log
