@@ -1,0 +1,112 @@
+"""``rtseg bench``: latency matrix of the Segmenter backends against the authors'-style baseline."""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+import click
+
+SIZE_HELP = "HEIGHTxWIDTH, e.g. 512x1024"
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not {SIZE_HELP}") from None
+    if height <= 0 or width <= 0:
+        raise click.BadParameter(f"{value!r}: sizes must be positive")
+    return height, width
+
+
+def _scales(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of stages, e.g. 1,2,3,4 or 2") from None
+
+
+def _weights(values: tuple[str, ...]) -> dict[str, str]:
+    mapping = {}
+    for item in values:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{item!r} is not MODEL=PATH")
+        mapping[name] = path
+    return mapping
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--model", "models", multiple=True, default=("mfaranet",), type=click.Choice(["mfaranet", "atonet"]),
+              help="Network(s) to measure (repeat the option for several).")
+@click.option("--resolution", "resolutions", multiple=True, default=("512x1024",),
+              help=f"Network input size(s), {SIZE_HELP}.")
+@click.option("--scales", "scales", multiple=True, default=("1,2,3,4",),
+              help="MFARANet stage set(s), e.g. 1,2,3,4 (full) or 2 (pruned).")
+@click.option("--backend", "backends", multiple=True, default=("torch", "compile", "onnxruntime", "tensorrt"),
+              type=click.Choice(["torch", "compile", "onnxruntime", "tensorrt"]),
+              help="Backend(s); those this machine cannot run are listed as skipped.")
+@click.option("--precision", "precisions", multiple=True, default=("fp32",),
+              type=click.Choice(["fp32", "fp16", "int8"]), help="Precision(s).")
+@click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
+@click.option("--frame-size", default="1024x2048",
+              help=f"Camera frame size fed to both pipelines ({SIZE_HELP}), or 'network' for the network size.")
+@click.option("--output-resolution", default="input", type=click.Choice(["input", "network"]),
+              help="Labels at the frame's size (input) or the network's.")
+@click.option("--confidence/--no-confidence", default=False, help="Also compute and download confidence.")
+@click.option("--warmup", default=2, type=click.IntRange(min=0), help="Untimed frames per row after building.")
+@click.option("--iters", default=10, type=click.IntRange(min=1), help="Timed frames per row.")
+@click.option("--weights", "weights", multiple=True, metavar="MODEL=PATH",
+              help="Checkpoint per model (random weights otherwise; timing does not depend on them).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and ONNX Runtime.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Engine cache folder.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+def bench(models, resolutions, scales, backends, precisions, device, frame_size, output_resolution, confidence,
+          warmup, iters, weights, threads, cache_dir, json_path) -> None:
+    """Latency/FPS/memory matrix over models, resolutions, scales, backends and precisions.
+
+    Each row also times the authors'-style pipeline on the same frames and prints ours/baseline.
+    """
+    import torch
+
+    from rtseg_ros.benchmarks.engines import (
+        BenchSettings,
+        expand_matrix,
+        format_table,
+        machine_info,
+        run_matrix,
+        write_report,
+    )
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    settings = BenchSettings(
+        frame_size=None if frame_size == "network" else _size(frame_size),
+        output_resolution=output_resolution, warmup=warmup, iters=iters, weights=_weights(weights),
+        cache_dir=cache_dir, want_confidence=confidence)
+    cases = expand_matrix(models, [_size(r) for r in resolutions], [_scales(s) for s in scales], backends,
+                          precisions, device)
+    machine = machine_info()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
+               f"GPU {machine['gpu'] or 'none'}; torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
+               f"torch_tensorrt {machine['torch_tensorrt'] or '-'}")
+    rows, skipped = [], []
+    for case, outcome in run_matrix(cases, settings):
+        label = f"{case.model} {case.height}x{case.width} scales={','.join(map(str, case.scales))} " \
+                f"{case.backend} {case.precision} {case.device}"
+        if isinstance(outcome, str):
+            skipped.append({"case": label, "reason": outcome})
+            click.echo(f"skipped {label}: {outcome}")
+            continue
+        rows.append(outcome)
+        click.echo(f"{label}: e2e {outcome['e2e_ms_median']:.1f} ms (p95 {outcome['e2e_ms_p95']:.1f}), "
+                   f"baseline {outcome['baseline_e2e_ms_median']:.1f} ms, "
+                   f"ours/baseline {outcome['ours_over_baseline']:.2f}")
+    click.echo("")
+    click.echo(format_table(rows) if rows else "no rows could run on this machine")
+    if json_path:
+        command = "rtseg bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "rtseg bench"
+        write_report(json_path, rows, skipped, settings, command)
+        click.echo(f"wrote {json_path}")

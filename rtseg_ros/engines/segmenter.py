@@ -1,0 +1,143 @@
+"""``Segmenter``: camera frames in, class ids (and confidence) out, over any backend."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rtseg_ros.datasets.labels import LabelSet, get_label_set
+from rtseg_ros.engines.base import EngineSpec, InferenceEngine
+from rtseg_ros.engines.cache import state_dict_sha256
+from rtseg_ros.engines.config import SegmenterConfig, check_runtime
+from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device, to_host
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationResult:
+    """The segmentation of one frame.
+
+    Attributes:
+        labels: HxW uint8 class ids (train ids of the label set).
+        confidence: HxW float32 maximum softmax probability in [0, 1], or ``None`` unless asked for.
+        timings_ms: ``preprocess`` (upload, resize, normalise), ``inference`` (the network, its
+            final resize to the output size, argmax and confidence: one graph, fused where the
+            backend compiles it), ``postprocess`` (download to numpy) and ``total``, in milliseconds.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def build_engine(spec: EngineSpec) -> InferenceEngine:
+    """The backend named by ``spec.config.backend``; heavy libraries are imported only here."""
+    backend = spec.config.backend
+    if backend == "torch":
+        from rtseg_ros.engines.torch_engines import TorchEngine
+
+        return TorchEngine(spec)
+    if backend == "compile":
+        from rtseg_ros.engines.torch_engines import CompiledEngine
+
+        return CompiledEngine(spec)
+    if backend == "onnxruntime":
+        from rtseg_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(spec)
+    if backend == "tensorrt":
+        from rtseg_ros.engines.tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine(spec)
+    raise ValueError(f"unknown backend {backend!r}")  # validate() rejects it before this point
+
+
+class Segmenter:
+    """Segments camera frames with one network on one backend.
+
+    Construction validates the settings (:class:`~rtseg_ros.engines.ConfigError` on a bad
+    combination or a missing capability), loads the weights and builds (or loads from the cache)
+    the engine. ``segment`` is then safe to call per frame; it is not thread-safe.
+
+    Attributes:
+        config: the validated settings.
+        label_set: the label set of the output ids.
+        num_classes: the number of classes the network predicts.
+        engine: the backend running the network.
+    """
+
+    def __init__(self, config: SegmenterConfig):
+        from rtseg_ros.nets import build_model, load_weights, weights_hash
+
+        config.validate()
+        check_runtime(config)
+        self.config = config
+        self.label_set: LabelSet = get_label_set(config.label_set)
+        self.num_classes = config.resolved_num_classes()
+        self.device = torch.device(config.device)
+
+        model = build_model(config.model, num_classes=self.num_classes, scales=config.scales)
+        if config.weights is None:
+            LOG.warning("NO WEIGHTS GIVEN: %s runs with random initial weights and its labels are meaningless; "
+                        "set weights to a checkpoint", config.model)
+            weights_id = state_dict_sha256(model)
+        else:
+            load_weights(model, config.weights)
+            weights_id = weights_hash(config.weights)
+        model.eval()
+        self.weights_id = weights_id
+        self.engine = build_engine(EngineSpec(config, model, weights_id, self.num_classes))
+        self._preprocess = Preprocessor(config.network_size, self.device, self.engine.input_dtype,
+                                        channels_last=self.engine.channels_last)
+        LOG.info("segmenter ready: %s %s on %s (%s, %s), input %dx%d, scales %s", config.model, config.backend,
+                 config.device, config.precision, self.engine.describe(), config.input_height, config.input_width,
+                 list(config.scales))
+
+    def output_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        """Size of the labels for a frame of ``frame_size`` (height, width)."""
+        return tuple(frame_size) if self.config.output_resolution == "input" else self.config.network_size
+
+    def warmup(self, frame_size: tuple[int, int] | None = None, want_confidence: bool = False) -> None:
+        """Build or load the engine for ``frame_size`` frames (default: the network size) and run it once.
+
+        Compiling backends build per output size and per with/without confidence; warming up with
+        the camera's frame size moves that cost before the first frame.
+        """
+        size = frame_size or self.config.network_size
+        self.engine.prepare(self.output_size(size), with_confidence=want_confidence)
+
+    def segment(self, frame: np.ndarray | torch.Tensor, color_order: str = "rgb",
+                want_confidence: bool = False) -> SegmentationResult:
+        """Segment one HxWx3 uint8 frame (numpy, or a tensor on any device) in ``color_order``.
+
+        Raises:
+            FrameError: the frame is not HxWx3 uint8 or the colour order is unknown.
+        """
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else _no_sync
+        start = time.perf_counter()
+        with torch.inference_mode():
+            pixels = frame_to_device(frame, self.device)
+            image = self._preprocess(pixels, color_order)
+            sync()
+            preprocessed = time.perf_counter()
+            labels, confidence = self.engine.run(image, self.output_size(tuple(pixels.shape[:2])), want_confidence)
+            sync()
+            inferred = time.perf_counter()
+            labels_host = to_host(labels)
+            confidence_host = to_host(confidence) if confidence is not None else None
+        done = time.perf_counter()
+        timings = {
+            "preprocess": (preprocessed - start) * 1e3,
+            "inference": (inferred - preprocessed) * 1e3,
+            "postprocess": (done - inferred) * 1e3,
+            "total": (done - start) * 1e3,
+        }
+        return SegmentationResult(labels_host, confidence_host, timings)
+
+
+def _no_sync() -> None:
+    pass

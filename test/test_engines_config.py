@@ -1,0 +1,164 @@
+"""SegmenterConfig validation and the engine cache: fast, no network is built."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig, check_runtime
+from rtseg_ros.engines.cache import ArtifactCache, state_dict_sha256
+
+
+def _error(**settings) -> str:
+    with pytest.raises(ConfigError) as info:
+        SegmenterConfig(**settings).validate()
+    return str(info.value)
+
+
+def test_defaults_are_valid():
+    config = SegmenterConfig()
+    config.validate()
+    assert config.network_size == (512, 1024)
+    assert config.resolved_num_classes() == 19
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ({"precision": "int8"}, "int8 needs the tensorrt backend"),
+        ({"precision": "int8", "backend": "onnxruntime"}, "int8 on CPU is not supported"),
+        ({"scales": (1, 5)}, "unknown scale"),
+        ({"scales": ()}, "unknown scale"),
+        ({"scales": (2, 2)}, "repeat"),
+        ({"model": "atonet", "scales": (2,)}, "atonet has none"),
+        ({"input_height": 500}, "not divisible by 32"),
+        ({"input_width": 1000}, "use 992 or 1024"),
+        ({"input_height": 0}, "positive integer"),
+        ({"backend": "tvm"}, "unknown backend 'tvm'"),
+        ({"precision": "fp8"}, "unknown precision"),
+        ({"precision": "fp16"}, "fp16 is not supported on cpu"),
+        ({"backend": "tensorrt"}, "tensorrt backend needs CUDA and torch_tensorrt"),
+        ({"backend": "onnxruntime", "precision": "fp16", "device": "cuda"}, "fp32 export only"),
+        ({"device": "gpu"}, "unknown device"),
+        ({"model": "segformer"}, "unknown model"),
+        ({"label_set": "ade20k"}, "unknown label set"),
+        ({"num_classes": 11}, "does not match label set"),
+        ({"output_resolution": "frame"}, "output_resolution"),
+        ({"dla_core": 0}, "tensorrt backend only"),
+        ({"backend": "tensorrt", "device": "cuda", "precision": "int8"}, "calibration_data"),
+    ],
+)
+def test_invalid_settings_fail_with_a_reason(settings, reason):
+    assert reason in _error(**settings)
+
+
+def test_valid_combinations_pass_validation():
+    SegmenterConfig(model="atonet", label_set="camvid", input_height=352, input_width=480).validate()
+    SegmenterConfig(backend="tensorrt", device="cuda:1", precision="int8", calibration_data="frames/").validate()
+    SegmenterConfig(backend="tensorrt", device="cuda", precision="fp16", dla_core=0).validate()
+    config = SegmenterConfig(scales=[3, 1])
+    config.validate()
+    assert config.scales == (1, 3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_settings_fail_early_without_cuda():
+    config = SegmenterConfig(device="cuda", precision="fp16")
+    config.validate()
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        check_runtime(config)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        Segmenter(config)
+
+
+def test_missing_weights_file_fails_before_building(tmp_path):
+    with pytest.raises(ConfigError, match="weights file not found"):
+        Segmenter(SegmenterConfig(weights=str(tmp_path / "absent.pth")))
+
+
+def test_cache_entry_round_trip_stale_and_corrupt(tmp_path, caplog):
+    cache = ArtifactCache(tmp_path, "demo")
+    key = {"model": "mfaranet", "weights_sha256": "a" * 64, "input_size": (128, 256)}
+    entry = cache.entry("mfaranet-128x256", "model.bin", key)
+    assert entry.lookup() is None
+
+    builds = []
+
+    def build(path):
+        builds.append(path)
+        path.write_bytes(b"engine bytes")
+
+    loaded = entry.load_or_build(lambda p: p.read_bytes(), build, "demo engine")
+    assert loaded == b"engine bytes" and len(builds) == 1
+    meta = json.loads(entry.meta_path.read_text())
+    assert meta["key"]["input_size"] == [128, 256]
+    assert not [p for p in entry.directory.iterdir() if p.name.endswith(".tmp")]
+
+    # Same key: reused without building.
+    again = cache.entry("mfaranet-128x256", "model.bin", key)
+    assert again.load_or_build(lambda p: p.read_bytes(), build, "demo engine") == b"engine bytes"
+    assert len(builds) == 1
+
+    # Other weights in the same slot: stale, rebuilt, and the log says which field changed.
+    stale = cache.entry("mfaranet-128x256", "model.bin", {**key, "weights_sha256": "b" * 64})
+    with caplog.at_level(logging.WARNING, logger="rtseg_ros.engines.cache"):
+        stale.load_or_build(lambda p: p.read_bytes(), build, "demo engine")
+    assert len(builds) == 2
+    assert "stale" in caplog.text and "weights_sha256" in caplog.text
+
+    # Flipped bytes: checksum mismatch, rebuilt.
+    caplog.clear()
+    stale.artifact.write_bytes(b"engine bytez")
+    with caplog.at_level(logging.WARNING, logger="rtseg_ros.engines.cache"):
+        assert stale.load_or_build(lambda p: p.read_bytes(), build, "demo engine") == b"engine bytes"
+    assert len(builds) == 3 and "corrupt" in caplog.text
+
+    # Unreadable metadata: rebuilt.
+    caplog.clear()
+    stale.meta_path.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="rtseg_ros.engines.cache"):
+        stale.load_or_build(lambda p: p.read_bytes(), build, "demo engine")
+    assert len(builds) == 4 and "corrupt" in caplog.text
+
+
+def test_cache_load_failure_rebuilds_once(tmp_path, caplog):
+    entry = ArtifactCache(tmp_path, "demo").entry("slot", "model.bin", {"k": 1})
+    entry.store(lambda p: p.write_bytes(b"old format"))
+    calls = []
+
+    def load(path):
+        data = path.read_bytes()
+        if data == b"old format":
+            raise RuntimeError("unsupported format")
+        return data
+
+    def build(path):
+        calls.append(path)
+        path.write_bytes(b"new format")
+
+    with caplog.at_level(logging.WARNING, logger="rtseg_ros.engines.cache"):
+        assert entry.load_or_build(load, build, "demo engine") == b"new format"
+    assert len(calls) == 1 and "failed to load" in caplog.text
+
+
+def test_failed_build_leaves_no_entry(tmp_path):
+    entry = ArtifactCache(tmp_path, "demo").entry("slot", "model.bin", {"k": 1})
+
+    def build(path):
+        path.write_bytes(b"partial")
+        raise RuntimeError("exporter crashed")
+
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        entry.store(build)
+    assert entry.lookup() is None
+    assert not list(entry.directory.iterdir())
+
+
+def test_state_dict_hash_tells_random_draws_apart():
+    torch.manual_seed(0)
+    first = torch.nn.Conv2d(3, 4, 3)
+    second = torch.nn.Conv2d(3, 4, 3)
+    assert state_dict_sha256(first) == state_dict_sha256(first)
+    assert state_dict_sha256(first) != state_dict_sha256(second)
