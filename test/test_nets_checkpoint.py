@@ -64,7 +64,9 @@ def _save(obj, path: Path) -> Path:
 
 def test_official_mfaranet_file_as_published(mfaranet_loaded, mfaranet_official) -> None:
     # The head of scale 2 is upstream multi_loss_head.1; the stem is upstream layer0.0.
-    assert torch.equal(mfaranet_loaded["scale_heads.scale2.weight"], mfaranet_official["multi_loss_head.1.0.weight"].float())
+    assert torch.equal(
+        mfaranet_loaded["scale_heads.scale2.weight"], mfaranet_official["multi_loss_head.1.0.weight"].float()
+    )
     assert torch.equal(mfaranet_loaded["encoder.conv1.6.weight"], mfaranet_official["layer0.0.6.weight"].float())
     assert torch.equal(
         mfaranet_loaded["fusion.attention.scale4.4.weight"], mfaranet_official["HMSA_attentions.3.4.weight"].float()
@@ -132,7 +134,8 @@ def test_atonet_auxiliary_classifiers_load_with_training_heads(reference_dir, at
     plain = build_model("atonet")
     report = load_checkpoint(plain, reference_dir / "atonet_official_random_fp16.pt")
     assert "aux_classifiers.aux3.3.weight" in report.ignored
-    with_heads = load_weights(build_model("atonet", training_heads=True), reference_dir / "atonet_official_random_fp16.pt")
+    with_heads = build_model("atonet", training_heads=True)
+    load_weights(with_heads, reference_dir / "atonet_official_random_fp16.pt")
     for index in range(1, 6):
         assert torch.equal(
             with_heads.state_dict()[f"aux_classifiers.aux{index}.0.weight"],

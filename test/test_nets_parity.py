@@ -12,10 +12,12 @@ from rtseg_ros.nets import build_model, load_weights
 MAX_ABS_DIFF = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.9999
 
-# variant -> (model name, scales, weight file, 256x512 reference file and key, odd-size key)
+# variant -> (model name, scales, weight file, 256x512 reference file, its key); the odd-size key is f"{variant}_logits_s4"
 VARIANTS = {
     "mfaranet": ("mfaranet", (1, 2, 3, 4), "mfaranet_official_random_fp16.pt", "mfaranet_official_out.pt", "logits"),
-    "mfaranet_pruned": ("mfaranet", (2,), "mfaranet_official_random_fp16.pt", "mfaranet_pruned_official_out.pt", "logits_s4"),
+    "mfaranet_pruned": (
+        "mfaranet", (2,), "mfaranet_official_random_fp16.pt", "mfaranet_pruned_official_out.pt", "logits_s4"
+    ),
     "atonet": ("atonet", (1, 2, 3, 4), "atonet_official_random_fp16.pt", "atonet_official_out.pt", "logits"),
 }
 

@@ -237,7 +237,7 @@ def convert_official_mfaranet(
         else:
             renamed[new] = value
     if unknown:
-        raise WeightsError(f"unknown keys in the MFARANet checkpoint: {_preview(unknown)}")
+        raise WeightsError(f"unknown keys in the MFARANet checkpoint: {preview_keys(unknown)}")
     return renamed, ignored
 
 
@@ -256,7 +256,7 @@ def convert_official_atonet(state: Mapping[str, Tensor]) -> tuple[dict[str, Tens
         else:
             renamed[new] = value
     if unknown:
-        raise WeightsError(f"unknown keys in the ATONet checkpoint: {_preview(unknown)}")
+        raise WeightsError(f"unknown keys in the ATONet checkpoint: {preview_keys(unknown)}")
     return renamed, ignored
 
 
@@ -310,12 +310,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
     known = _architecture_keys(name, model.num_classes) if extra else frozenset()
     foreign = [k for k in extra if k not in known]
     if foreign:
-        raise WeightsError(f"{path} does not fit {name}: unexpected keys {_preview(foreign)}")
+        raise WeightsError(f"{path} does not fit {name}: unexpected keys {preview_keys(foreign)}")
     if extra:
-        LOG.debug("ignoring %d keys of modules this model does not build: %s", len(extra), _preview(extra))
+        LOG.debug("ignoring %d keys of modules this model does not build: %s", len(extra), preview_keys(extra))
     missing = [k for k in own if k not in state]
     if missing:
-        raise WeightsError(f"{path} does not fit {name}: missing keys {_preview(missing)}")
+        raise WeightsError(f"{path} does not fit {name}: missing keys {preview_keys(missing)}")
 
     class_keys, checkpoint_classes = _class_mismatches(model, state, own)
     if meta.get("num_classes") not in (None, model.num_classes):
@@ -432,6 +432,9 @@ def save_weights(
     return path
 
 
-def _preview(keys: list[str], limit: int = 8) -> str:
+def preview_keys(keys: list[str], limit: int = 8) -> str:
+    """``"a, b, c (+N more)"`` for error messages that name keys."""
+    if not keys:
+        return "none"
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more

@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
+from rtseg_ros.nets.checkpoint import WeightsError, preview_keys, read_state_dict
 from rtseg_ros.nets.layers import conv3x3
 
 LOG = logging.getLogger(__name__)
@@ -127,8 +127,6 @@ def load_imagenet_weights(encoder_or_model: nn.Module, path: str | Path) -> list
     Raises:
         WeightsError: unreadable file, wrong stem, or missing/mis-shaped keys.
     """
-    from rtseg_ros.nets.checkpoint import WeightsError, read_state_dict
-
     encoder = encoder_or_model if isinstance(encoder_or_model, ResNetEncoder) else getattr(
         encoder_or_model, "encoder", None
     )
@@ -144,11 +142,11 @@ def load_imagenet_weights(encoder_or_model: nn.Module, path: str | Path) -> list
     if missing or unexpected:
         raise WeightsError(
             f"{path} does not fit a ResNet-18 encoder with the {encoder.stem} stem: "
-            f"missing {_preview(missing)}; unexpected {_preview(unexpected)}"
+            f"missing {preview_keys(missing)}; unexpected {preview_keys(unexpected)}"
         )
     wrong_shape = [k for k in own if own[k].shape != state[k].shape]
     if wrong_shape:
-        raise WeightsError(f"{path}: wrong shapes for {_preview(wrong_shape)}")
+        raise WeightsError(f"{path}: wrong shapes for {preview_keys(wrong_shape)}")
     dtype = next(encoder.parameters()).dtype
     encoder.load_state_dict(
         {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True
@@ -156,9 +154,3 @@ def load_imagenet_weights(encoder_or_model: nn.Module, path: str | Path) -> list
     LOG.info("loaded %d ImageNet tensors from %s into the %s-stem encoder", len(own), path, encoder.stem)
     return sorted(own)
 
-
-def _preview(keys: list[str], limit: int = 8) -> str:
-    if not keys:
-        return "none"
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
