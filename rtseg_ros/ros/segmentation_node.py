@@ -186,7 +186,11 @@ class SegmentationNode(Node):
         self._publish_overlay = values["publish_overlay"]
         self._overlay_alpha = float(values["overlay_alpha"])
         if any(parameter.name in ENGINE_PARAMETERS for parameter in parameters):
-            config = validate_parameters(values)
+            try:
+                config = validate_parameters(values)
+            except ParameterError as exc:  # e.g. the weights file vanished since the change was accepted
+                self.get_logger().error(f"not rebuilding the engine: {exc}")
+                return
             if self._engine.rebuild(config):
                 self.get_logger().info("building a new engine in the background; the current one keeps serving")
 
