@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--model", choices=("atonet", "mfaranet", "none"), default="atonet")
+    parser.add_argument("--weights", help="Checkpoint for the model (default: random weights; memory is the point).")
     parser.add_argument("--every", type=int, default=50, help="Sample RSS every N frames.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads.")
     parser.add_argument("--workdir", type=Path, help="Where the bag and reports go (default: a temporary folder).")
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.threads)
         height, width = (-(-args.height // 32) * 32, -(-args.width // 32) * 32)
-        segmenter = Segmenter(SegmenterConfig(model=args.model, input_height=height, input_width=width))
+        segmenter = Segmenter(SegmenterConfig(model=args.model, weights=args.weights, input_height=height,
+                                              input_width=width))
         segmenter.warmup()
         predict = SegmenterPredictor(segmenter)
 
