@@ -317,7 +317,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
     if missing:
         raise WeightsError(f"{path} does not fit {name}: missing keys {preview_keys(missing)}")
 
-    class_keys, checkpoint_classes = _class_mismatches(model, state, own)
+    class_keys, checkpoint_classes = _class_mismatches(name, state, own)
     if meta.get("num_classes") not in (None, model.num_classes):
         checkpoint_classes = int(meta["num_classes"])
     if checkpoint_classes is not None and checkpoint_classes != model.num_classes and strict_classes:
@@ -354,24 +354,24 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
     return report
 
 
+@functools.lru_cache(maxsize=4)
+def _class_dependent_keys(model_name: str) -> frozenset[str]:
+    """Names of the tensors whose shape depends on the class count (classifiers, attention outputs)."""
+    from rtseg_ros.nets.builders import build_model
+
+    with torch.device("meta"):
+        two = build_model(model_name, 2, training_heads=True).state_dict()
+        three = build_model(model_name, 3, training_heads=True).state_dict()
+    return frozenset(k for k in two if two[k].shape != three[k].shape)
+
+
 def _class_mismatches(
-    model: nn.Module, state: Mapping[str, Tensor], own: Mapping[str, Tensor]
+    model_name: str, state: Mapping[str, Tensor], own: Mapping[str, Tensor]
 ) -> tuple[list[str], int | None]:
-    """Keys whose only difference is the class dimension (dim 0), and the file's class count."""
-    keys: list[str] = []
-    classes: int | None = None
-    for key, target in own.items():
-        source = state[key]
-        if (
-            source.shape != target.shape
-            and target.dim() >= 1
-            and target.shape[0] == model.num_classes
-            and source.dim() == target.dim()
-            and source.shape[1:] == target.shape[1:]
-        ):
-            keys.append(key)
-            classes = int(source.shape[0])
-    return keys, classes
+    """Class-dependent keys whose shapes differ, and the file's class count (``None`` if they agree)."""
+    dependent = _class_dependent_keys(model_name)
+    keys = [k for k in own if k in dependent and state[k].shape != own[k].shape]
+    return keys, (int(state[keys[0]].shape[0]) if keys else None)
 
 
 def load_weights(model: nn.Module, path: str | Path, *, strict_classes: bool = True) -> nn.Module:
