@@ -31,7 +31,8 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 
 
 class DualPyramidAggregation(nn.Module):
-    """Top-down and bottom-up feature pyramids, merged into one feature map per stage.
+    """Top-down and bottom-up feature pyramids, merged into one feature map per stage (the paper's
+    multi-level feature aggregation module, MFAM).
 
     Both pyramids move between levels by bilinear resizing, add the lateral feature, and refine with a
     3x3 conv-BN-ReLU. Stage 1 is the top-down result, stage 4 the bottom-up result, stages 2 and 3 a
@@ -74,7 +75,8 @@ class DualPyramidAggregation(nn.Module):
 
 
 class FlowAlignment(nn.Module):
-    """Predicts a flow field that resamples a coarse stage onto the grid of the next finer stage.
+    """Predicts a flow field that resamples a coarse stage onto the grid of the next finer stage (one
+    step of the paper's recursive alignment module, RAM).
 
     The flow comes from both unwarped neighbours: the coarse feature (resized) and the fine one,
     each projected to half width, concatenated fine-first and passed through a 3x3 convolution.
@@ -105,7 +107,8 @@ class FlowAlignment(nn.Module):
 
 class ScaleFusion(nn.Module):
     """Weights each scale's logits by a per-class sigmoid attention computed from that scale's
-    feature, then sums them (no normalisation across scales)."""
+    feature, then sums them with no normalisation across scales (the paper's adaptive scores fusion
+    module, ASFM)."""
 
     def __init__(self, scales: Sequence[int], channels: int, num_classes: int) -> None:
         super().__init__()
