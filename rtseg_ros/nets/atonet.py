@@ -104,6 +104,7 @@ class ATONet(nn.Module):
         self.classifier = _classifier(channels, channels, num_classes, dropout=0.1)
         self.aux_classifiers: nn.ModuleDict | None = None
         if training_heads:
+            # Hidden width 128, except 64 on the 64-channel stage, as in the authors' code.
             self.aux_classifiers = nn.ModuleDict(
                 {
                     f"aux{i + 1}": _classifier(c, min(c, channels), num_classes, dropout=None)
