@@ -199,15 +199,14 @@ class AuthorsBaseline:
     as their test scripts do), copied to the host, ``np.argmax`` on the host.
     """
 
-    def __init__(self, case: BenchCase, weights: str | None, output_resolution: str):
-        from rtseg_ros.nets import build_model, load_weights
+    def __init__(self, case: BenchCase, state_dict: dict[str, torch.Tensor], output_resolution: str):
+        from rtseg_ros.nets import build_model
 
         self.device = torch.device(case.device)
         self.network_size = (case.height, case.width)
         self.output_resolution = output_resolution
         model = build_model(case.model, scales=case.scales)
-        if weights is not None:
-            load_weights(model, weights)
+        model.load_state_dict(state_dict)  # the segmenter's own weights, so labels can be compared
         self.model = model.to(self.device).eval()
 
     def segment(self, frame_rgb: np.ndarray) -> np.ndarray:
@@ -240,7 +239,7 @@ def run_case(case: BenchCase, settings: BenchSettings) -> dict[str, Any]:
     segmenter = Segmenter(config)
     segmenter.warmup(frame_size, want_confidence=settings.want_confidence)
     build_s = time.perf_counter() - started
-    baseline = AuthorsBaseline(case, config.weights, settings.output_resolution)
+    baseline = AuthorsBaseline(case, segmenter.engine.spec.model.state_dict(), settings.output_resolution)
     for i in range(settings.warmup):
         segmenter.segment(frames[i % len(frames)], want_confidence=settings.want_confidence)
         baseline.segment(frames[i % len(frames)])
