@@ -57,6 +57,7 @@ def test_live_cli_starts_the_node_and_scores_every_frame(tmp_path: Path, weights
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] < 5000
     assert live["node"] == "started" and "segmentation_node" in " ".join(live["node_command"])
     assert "live: 4 of 4 frames came back" in result.output
+    assert len(list((tmp_path / "live_overlays").glob("scene_*.jpg"))) == 4
 
 
 def test_live_against_a_running_node_reports_drops_when_played_too_fast(tmp_path: Path, weights: str) -> None:

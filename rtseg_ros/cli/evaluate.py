@@ -166,7 +166,7 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
         settings["input_size"] = list(size)
         if live:
             report = _evaluate_live(bag, labels, settings, json_path, rate_factor, start_node, namespace, timeout_s,
-                                    max_frames, progress)
+                                    max_frames, overlays, progress)
         else:
             report = _evaluate_in_process(source, labels, settings, json_path, export_dir, overlays, max_frames,
                                           progress, mode="bag" if bag is not None else "dataset")
@@ -213,14 +213,14 @@ def _evaluate_in_process(source: Any, labels: Any, settings: dict[str, Any], jso
 
 
 def _evaluate_live(bag: Path, labels: Any, settings: dict[str, Any], json_path: Path, rate_factor: float,
-                   start_node: bool, namespace: str, timeout_s: float, max_frames: int | None,
+                   start_node: bool, namespace: str, timeout_s: float, max_frames: int | None, overlays: int,
                    progress: bool) -> dict[str, Any]:
     try:
         from rtseg_ros.ros.bag_player import LiveOptions, run_live_evaluation
     except ImportError as exc:
         raise click.ClickException(f"live mode needs rclpy and sensor_msgs (pip install 'rtseg_ros[ros]'): {exc}")
     options = LiveOptions(rate_factor=rate_factor, start_node=start_node, namespace=namespace,
-                          startup_timeout_s=timeout_s, max_frames=max_frames, progress=progress)
+                          startup_timeout_s=timeout_s, max_frames=max_frames, overlays=overlays, progress=progress)
     try:
         return run_live_evaluation(bag, labels, settings, json_path, options)
     except (RuntimeError, TimeoutError) as exc:

@@ -23,6 +23,7 @@ class _InFlight:
     name: str
     labels: np.ndarray | None
     published_s: float
+    image_rgb: np.ndarray | None = None
 
 
 class LiveScorer:
@@ -52,11 +53,19 @@ class LiveScorer:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def on_published(self, stamp_ns: int, name: str, labels: np.ndarray | None, now_s: float) -> None:
-        """Note a frame sent to the node (``labels`` is kept until its output arrives or it expires)."""
+    @property
+    def wants_overlay(self) -> bool:
+        """Whether the next frame's image should be kept for an overlay picture."""
+        kept = sum(f.image_rgb is not None for f in self._in_flight.values())
+        return self.writer is not None and self.writer.overlays_left > kept
+
+    def on_published(self, stamp_ns: int, name: str, labels: np.ndarray | None, now_s: float,
+                     image_rgb: np.ndarray | None = None) -> None:
+        """Note a frame sent to the node. ``labels`` (and ``image_rgb``, for an overlay picture) are
+        kept until its output arrives or it expires."""
         if stamp_ns in self._in_flight:
             raise ValueError(f"stamp {stamp_ns} published twice; live matching needs unique stamps")
-        self._in_flight[stamp_ns] = _InFlight(name, labels, now_s)
+        self._in_flight[stamp_ns] = _InFlight(name, labels, now_s, image_rgb)
         self.published += 1
         self.evaluation.frames_read += 1
         if self.first_published_s is None:
@@ -78,6 +87,8 @@ class LiveScorer:
         skip = self.evaluation.score(frame.name, prediction, frame.labels)
         if self.writer is not None:
             self.writer.frame({"name": frame.name, "stamp_ns": stamp_ns, "latency_ms": latency_ms, "skipped": skip})
+            if frame.image_rgb is not None:
+                self.writer.overlay(frame.name, frame.image_rgb, prediction, frame.labels, self.evaluation.label_set)
         return True
 
     def expire(self, now_s: float, everything: bool = False) -> int:

@@ -57,6 +57,7 @@ class LiveOptions:
         max_wait_s: an output later than this after its frame counts the frame as dropped.
         drain_s: after the last frame, how long to wait for outputs still in flight.
         max_frames: stop after this many frames.
+        overlays: how many prediction/ground-truth overlay pictures to save.
         node_parameters: extra ``-p name:=value`` settings for a started node.
         progress: show a progress bar.
     """
@@ -69,6 +70,7 @@ class LiveOptions:
     max_wait_s: float = 5.0
     drain_s: float = 5.0
     max_frames: int | None = None
+    overlays: int = 4
     node_parameters: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
 
@@ -197,7 +199,7 @@ def run_live_evaluation(bag: str | Path, label_set: LabelSet, settings: dict[str
     evaluation = Evaluation(label_set)
     header = {"mode": "live", "model": settings,
               "source": {"description": f"bag {bag} played over DDS", "bag": str(bag)}}
-    writer = ReportWriter(json_path, header, overlays=0)
+    writer = ReportWriter(json_path, header, overlays=options.overlays)
     scorer = LiveScorer(evaluation, writer, options.max_wait_s)
     node_log = writer.paths["json"].with_suffix(".node.log")
     command = node_command(settings, label_set.name, options.image_topic, options.node_parameters)
@@ -242,7 +244,10 @@ def run_live_evaluation(bag: str | Path, label_set: LabelSet, settings: dict[str
             target = start_wall + (frame.stamp_ns - first_stamp) / 1e9 / options.rate_factor
             player.spin_until(target)
             stamp = player.publish(frame.image, frame.color_order)
-            scorer.on_published(stamp, frame.name or f"frame_{frame.stamp_ns}", frame.labels, time.monotonic())
+            keep = None
+            if scorer.wants_overlay and frame.labels is not None:
+                keep = np.array(frame.image if frame.color_order == "rgb" else frame.image[..., ::-1])
+            scorer.on_published(stamp, frame.name or f"frame_{frame.stamp_ns}", frame.labels, time.monotonic(), keep)
             scorer.expire(time.monotonic())
             writer.checkpoint(evaluation, extra())
             bar.update(1)
