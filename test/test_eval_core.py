@@ -11,10 +11,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from rtseg_ros.datasets.labels import CAMVID, CAMVID_32_COLORS, CITYSCAPES
 from rtseg_ros.datasets.synthetic import write_cityscapes_tree
-from rtseg_ros.evaluation.evaluator import Prediction, run_evaluation
+from rtseg_ros.evaluation.evaluator import Evaluation, Prediction, run_evaluation
 from rtseg_ros.evaluation.export import PredictionExporter
 from rtseg_ros.evaluation.live import SKIP_DROPPED, LiveScorer
-from rtseg_ros.evaluation.evaluator import Evaluation
 from rtseg_ros.evaluation.sources import BagSource, DatasetGroundTruth, DatasetSource, make_dataset_bag
 from rtseg_ros.io import bags
 from rtseg_ros.io.bags import BagWriter
@@ -102,7 +101,7 @@ def test_bad_input_is_counted_and_the_run_goes_on(tmp_path: Path) -> None:
         writer.write_frame(5, image, labels, "raises.png")
         writer.write_frame(6, image, labels, "ok_6.png")
     with Writer(tmp_path / "bag2", version=9, storage_plugin=StoragePlugin.MCAP) as raw:
-        conn = raw.add_connection(bags.IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=bags._TYPESTORE)
+        conn = raw.add_connection(bags.IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=bags.TYPESTORE)
         raw.write(conn, 7, b"not a message")
     calls = []
 
@@ -154,7 +153,8 @@ def test_results_so_far_survive_an_interrupted_run(tmp_path: Path) -> None:
 
 def test_export_names(tmp_path: Path) -> None:
     cityscapes = PredictionExporter(tmp_path / "cs", CITYSCAPES)
-    path = cityscapes.write("leftImg8bit/test/berlin/berlin_000123_000019_leftImg8bit.png", np.full((2, 2), 13, np.uint8))
+    car = np.full((2, 2), 13, np.uint8)
+    path = cityscapes.write("leftImg8bit/test/berlin/berlin_000123_000019_leftImg8bit.png", car)
     assert path == tmp_path / "cs" / "berlin" / "berlin_000123_000019_leftImg8bit.png"
     assert (cv2.imread(str(path), cv2.IMREAD_UNCHANGED) == 26).all()  # car: train id 13 -> label id 26
     camvid = PredictionExporter(tmp_path / "cv", CAMVID)

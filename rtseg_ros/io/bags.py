@@ -66,7 +66,8 @@ SKIP_LABELS_WITHOUT_IMAGE = "ground truth without image"
 SKIP_DUPLICATE_STAMP = "duplicate stamp"
 SKIP_BAG_READ_ERROR = "bag read error"
 
-_TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+# The Jazzy message definitions, for building and parsing messages without ROS.
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
 class BagError(ValueError):
@@ -106,8 +107,8 @@ def _stamp_ns(header: Any) -> int:
 
 
 def _header(stamp_ns: int, frame_id: str) -> Any:
-    time_type = _TYPESTORE.types["builtin_interfaces/msg/Time"]
-    header_type = _TYPESTORE.types["std_msgs/msg/Header"]
+    time_type = TYPESTORE.types["builtin_interfaces/msg/Time"]
+    header_type = TYPESTORE.types["std_msgs/msg/Header"]
     return header_type(stamp=time_type(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
                        frame_id=frame_id)
 
@@ -149,10 +150,10 @@ class BagWriter:
         self._writer = Writer(self.path, version=BAG_FORMAT_VERSION, storage_plugin=STORAGES[storage])
         self._writer.open()
         add = self._writer.add_connection
-        self._image = add(IMAGE_TOPIC, IMAGE_TYPE, typestore=_TYPESTORE)
-        self._info = add(CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, typestore=_TYPESTORE)
-        self._labels = add(LABEL_TOPIC, IMAGE_TYPE, typestore=_TYPESTORE)
-        self._name = add(FILE_NAME_TOPIC, STRING_TYPE, typestore=_TYPESTORE)
+        self._image = add(IMAGE_TOPIC, IMAGE_TYPE, typestore=TYPESTORE)
+        self._info = add(CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, typestore=TYPESTORE)
+        self._labels = add(LABEL_TOPIC, IMAGE_TYPE, typestore=TYPESTORE)
+        self._name = add(FILE_NAME_TOPIC, STRING_TYPE, typestore=TYPESTORE)
 
     def __enter__(self) -> "BagWriter":
         return self
@@ -169,19 +170,19 @@ class BagWriter:
     def _image_msg(self, array: np.ndarray, encoding: str, stamp_ns: int) -> Any:
         fields = array_to_image_fields(array, encoding)
         fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
-        return _TYPESTORE.types[IMAGE_TYPE](header=_header(stamp_ns, self.frame_id), **fields)
+        return TYPESTORE.types[IMAGE_TYPE](header=_header(stamp_ns, self.frame_id), **fields)
 
     def _camera_info_msg(self, height: int, width: int, stamp_ns: int) -> Any:
-        roi = _TYPESTORE.types["sensor_msgs/msg/RegionOfInterest"](
+        roi = TYPESTORE.types["sensor_msgs/msg/RegionOfInterest"](
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-        return _TYPESTORE.types[CAMERA_INFO_TYPE](
+        return TYPESTORE.types[CAMERA_INFO_TYPE](
             header=_header(stamp_ns, self.frame_id), height=height, width=width, distortion_model="",
             d=np.zeros(0), k=np.zeros(9), r=np.zeros(9), p=np.zeros(12), binning_x=0, binning_y=0, roi=roi)
 
     def _write(self, connection: Any, msg: Any, stamp_ns: int) -> None:
         if self._writer is None:
             raise BagError(f"bag {self.path} is closed")
-        self._writer.write(connection, stamp_ns, _TYPESTORE.serialize_cdr(msg, connection.msgtype))
+        self._writer.write(connection, stamp_ns, TYPESTORE.serialize_cdr(msg, connection.msgtype))
 
     def write_frame(self, stamp_ns: int, image: np.ndarray, labels: np.ndarray | None = None,
                     name: str | None = None) -> None:
@@ -198,7 +199,7 @@ class BagWriter:
             self._write(self._labels, self._image_msg(labels.astype(np.uint8, copy=False), "mono8", stamp_ns),
                         stamp_ns)
         if name is not None:
-            self._write(self._name, _TYPESTORE.types[STRING_TYPE](data=name), stamp_ns)
+            self._write(self._name, TYPESTORE.types[STRING_TYPE](data=name), stamp_ns)
         self.frames_written += 1
 
 
@@ -276,7 +277,7 @@ class BagFrameReader:
 
     def _add(self, pending: dict[int, _Pending], connection: Any, log_time: int, raw: bytes) -> None:
         try:
-            msg = _TYPESTORE.deserialize_cdr(raw, connection.msgtype)
+            msg = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
         except Exception as exc:  # any corruption of the CDR bytes
             self._record(SKIP_UNDECODABLE_MESSAGE, f"{connection.topic} at {log_time}: {type(exc).__name__}: {exc}")
             return
