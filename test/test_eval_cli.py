@@ -79,6 +79,11 @@ def test_eval_camvid_bag_with_ground_truth_from_the_folder(tmp_path: Path) -> No
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["label_set"] == "camvid" and report["frames"] == 2 and report["model"]["scales"] == [2]
     assert list(report["per_class_iou"])[6] == "sign symbol"
+    # Without --dataset the label set comes from the bag's metadata, written by make-bag.
+    result = run(evaluate, [tmp_path / "bag", "--model", "atonet", "--input-size", "64x96", "--max-frames", "1",
+                            "--no-progress", "--json", tmp_path / "bag_only.json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads((tmp_path / "bag_only.json").read_text())["label_set"] == "camvid"
 
 
 def test_eval_usage_errors_are_clear(tmp_path: Path) -> None:

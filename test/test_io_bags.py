@@ -32,6 +32,8 @@ def test_make_bag_writes_stamped_images_labels_camera_info_and_names(tmp_path: P
     assert summary == {"frames": 3, "skipped": 0, "without_ground_truth": 0}
     metadata = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert metadata["version"] == 9 and metadata["storage_identifier"] == storage
+    assert bags.bag_custom_data(out) == {bags.CUSTOM_DATASET: "cityscapes", bags.CUSTOM_SPLIT: "val",
+                                         bags.CUSTOM_LABEL_SET: "cityscapes"}
 
     seen: dict[str, list] = {}
     with Reader(out) as reader:

@@ -93,7 +93,8 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
 @click.option("--model", type=click.Choice(["mfaranet", "atonet"]), default="mfaranet", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint; without it the weights are random.")
 @click.option("--label-set", type=click.Choice(["cityscapes", "camvid"]),
-              help="Classes of the ground truth; defaults to the data set's own (cityscapes for bags).")
+              help="Classes of the ground truth; default: the data set's own, else the one make-bag recorded "
+                   "in the bag, else cityscapes.")
 @click.option("--backend", type=click.Choice(["torch", "compile", "tensorrt", "onnxruntime"]), default="torch",
               show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
@@ -132,7 +133,7 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
     rtseg eval --dataset cityscapes --root DIR --split val --input-size full ...   no bag
     rtseg eval BAG --live --rate-factor 1 ...                          through a running node over DDS
     """
-    from rtseg_ros.datasets import DatasetError, get_dataset_reader, get_label_set
+    from rtseg_ros.datasets import DatasetError, get_label_set
     from rtseg_ros.evaluation.sources import BagSource, DatasetGroundTruth, DatasetSource
     from rtseg_ros.io.bags import BagError
 
@@ -142,8 +143,10 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
         raise click.UsageError("--dataset and --root go together")
     if live and bag is None:
         raise click.UsageError("--live plays a BAG; make one with rtseg make-bag")
-    if label_set is None:
-        label_set = (get_dataset_reader(dataset).LABEL_SET if dataset else None) or "cityscapes"
+    try:
+        label_set = label_set or _default_label_set(bag, dataset)
+    except BagError as exc:
+        raise click.ClickException(str(exc)) from exc
     labels = get_label_set(label_set)
     if weights is None:
         click.secho(f"WARNING: no --weights given: {model} runs with RANDOM weights, the scores are meaningless "
@@ -173,6 +176,20 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
     except (DatasetError, BagError) as exc:
         raise click.ClickException(str(exc)) from exc
     _print_summary(report, json_path)
+
+
+def _default_label_set(bag: Path | None, dataset: str | None) -> str:
+    """The data set's own label set, else the one recorded in the bag by make-bag, else Cityscapes."""
+    from rtseg_ros.datasets import get_dataset_reader
+    from rtseg_ros.io.bags import CUSTOM_LABEL_SET, bag_custom_data
+
+    if dataset and get_dataset_reader(dataset).LABEL_SET:
+        return get_dataset_reader(dataset).LABEL_SET
+    if bag is not None and bag.exists():
+        recorded = bag_custom_data(bag).get(CUSTOM_LABEL_SET)
+        if recorded:
+            return recorded
+    return "cityscapes"
 
 
 def _weights_hash(weights: str | None) -> str | None:

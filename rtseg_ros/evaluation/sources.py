@@ -16,7 +16,7 @@ import numpy as np
 
 from rtseg_ros.datasets import get_dataset_reader
 from rtseg_ros.datasets.base import DatasetError, SamplePaths, load_sample, read_labels
-from rtseg_ros.io.bags import BagFrameReader, BagWriter, bag_storage
+from rtseg_ros.io.bags import CUSTOM_DATASET, CUSTOM_LABEL_SET, CUSTOM_SPLIT, BagFrameReader, BagWriter, bag_storage
 
 LOG = logging.getLogger(__name__)
 
@@ -149,7 +149,11 @@ def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path
     samples = _list(dataset, root, split, label_map)[:limit]
     period_ns = int(round(1e9 / rate_hz))
     skipped = without_gt = 0
-    with BagWriter(out, storage) as writer:
+    custom = {CUSTOM_DATASET: dataset, CUSTOM_SPLIT: split}
+    label_set = get_dataset_reader(dataset).LABEL_SET
+    if label_set:
+        custom[CUSTOM_LABEL_SET] = label_set
+    with BagWriter(out, storage, custom_data=custom) as writer:
         for paths in tqdm(samples, desc="make-bag", unit="frame", disable=not progress):
             try:
                 sample = load_sample(paths)

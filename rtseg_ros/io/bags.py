@@ -17,7 +17,9 @@ and labels, and the bag (log) time of all four, since ``std_msgs/String`` has no
 are grouped by that stamp when read, so labels and names stay attached to their image whatever
 the storage order.
 
-Bags are rosbag2 metadata version 9 (Jazzy), in mcap (default) or sqlite3 storage. Reading
+Bags are rosbag2 metadata version 9 (Jazzy), in mcap (default) or sqlite3 storage. The metadata's
+``custom_data`` records where the frames came from (``rtseg_ros.dataset``, ``rtseg_ros.split``) and the
+label set of the ground truth (``rtseg_ros.label_set``), so an evaluation needs no flag for it. Reading
 streams: a handful of frames are held at a time, never the whole bag. A message that cannot be
 deserialised or decoded is skipped and counted; a bag that breaks off mid-way ends the stream
 with the error recorded, and everything read until then stays valid.
@@ -52,6 +54,9 @@ DEFAULT_FRAME_ID = "camera"
 BAG_FORMAT_VERSION = 9  # rosbag2 metadata version written by Jazzy
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 LABEL_ENCODINGS = ("mono8", "8UC1")
+CUSTOM_LABEL_SET = "rtseg_ros.label_set"
+CUSTOM_DATASET = "rtseg_ros.dataset"
+CUSTOM_SPLIT = "rtseg_ros.split"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -137,9 +142,11 @@ class BagWriter:
         path: the bag folder to create (must not exist).
         storage: ``mcap`` or ``sqlite3``.
         frame_id: header frame id of images, camera info and labels.
+        custom_data: string pairs for the metadata's ``custom_data`` (see ``CUSTOM_*``).
     """
 
-    def __init__(self, path: str | Path, storage: str = "mcap", frame_id: str = DEFAULT_FRAME_ID) -> None:
+    def __init__(self, path: str | Path, storage: str = "mcap", frame_id: str = DEFAULT_FRAME_ID,
+                 custom_data: dict[str, str] | None = None) -> None:
         if storage not in STORAGES:
             raise BagError(f"unknown bag storage {storage!r}; choose {' or '.join(STORAGES)}")
         self.path = Path(path)
@@ -148,6 +155,8 @@ class BagWriter:
         self.frame_id = frame_id
         self.frames_written = 0
         self._writer = Writer(self.path, version=BAG_FORMAT_VERSION, storage_plugin=STORAGES[storage])
+        for key, value in (custom_data or {}).items():
+            self._writer.set_custom_data(key, value)
         self._writer.open()
         add = self._writer.add_connection
         self._image = add(IMAGE_TOPIC, IMAGE_TYPE, typestore=TYPESTORE)
@@ -310,14 +319,25 @@ class BagFrameReader:
         yield BagFrame(stamp, image, order, entry.labels, entry.name, frame_id)
 
 
-def bag_storage(path: str | Path) -> str:
-    """The storage plugin (``mcap`` or ``sqlite3``) named in a bag's metadata."""
+def _bag_information(path: str | Path) -> dict[str, Any]:
     metadata = Path(path) / "metadata.yaml"
     try:
         info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
-        return str(info["storage_identifier"])
+        if not isinstance(info, dict):
+            raise TypeError("rosbag2_bagfile_information is not a mapping")
+        return info
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise BagError(f"cannot read the storage of bag {path} from {metadata}: {exc}") from exc
+        raise BagError(f"cannot read bag metadata {metadata}: {exc}") from exc
+
+
+def bag_storage(path: str | Path) -> str:
+    """The storage plugin (``mcap`` or ``sqlite3``) named in a bag's metadata."""
+    return str(_bag_information(path).get("storage_identifier", ""))
+
+
+def bag_custom_data(path: str | Path) -> dict[str, str]:
+    """The ``custom_data`` of a bag's metadata (empty when it has none)."""
+    return {str(k): str(v) for k, v in (_bag_information(path).get("custom_data") or {}).items()}
 
 
 def write_frames(path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray | None, str | None]],
