@@ -20,11 +20,11 @@ rclpy = pytest.importorskip("rclpy", reason="the ROS tests need rclpy (pip insta
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
@@ -170,13 +170,23 @@ class Client:
         self.wait_for(future.done, what=f"the response of {service}")
         return list(future.result().results)
 
-    def latest_diagnostics(self, topic: str = "/diagnostics") -> dict[str, str]:
-        """Values of the segmentation node's last diagnostics status (empty if none yet)."""
-        for _, msg in reversed(self.received[topic]):
-            for status in msg.status:
-                if status.name.endswith(": segmentation"):
-                    return {kv.key: kv.value for kv in status.values}
-        return {}
+    def get_parameters(self, node_path: str, names: list[str]) -> dict[str, Any]:
+        """Current values through the node's real GetParameters service."""
+        service = f"{node_path}/get_parameters"
+        if service not in self._services:
+            self._services[service] = self.node.create_client(GetParameters, service)
+        client = self._services[service]
+        self.wait_for(client.service_is_ready, STARTUP_TIMEOUT_S, f"the service {service}")
+        future = client.call_async(GetParameters.Request(names=names))
+        self.wait_for(future.done, what=f"the response of {service}")
+        return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
+
+    def diagnostics(self, node_path: str) -> list[dict[str, str]]:
+        """Values of every /diagnostics status of the node at ``node_path`` received so far, oldest first."""
+        from rtseg_ros.ros.segmentation_node import diagnostic_name
+
+        return [{kv.key: kv.value for kv in status.values} for _, msg in self.received["/diagnostics"]
+                for status in msg.status if status.name == diagnostic_name(node_path)]
 
 
 _stamp_counter = [0]

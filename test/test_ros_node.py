@@ -173,17 +173,16 @@ def test_compressed_input_matches_rgb8(client: Client, nodes: dict[str, NodeProc
 
 
 def _fresh_diagnostics(client: Client, nodes: dict[str, NodeProcess]) -> dict[str, str]:
-    """Values of a diagnostics message that arrives after this call."""
-    count = len(client.received["/diagnostics"])
-    client.wait_for(lambda: len(client.received["/diagnostics"]) > count + 1 and bool(client.latest_diagnostics()),
-                    what="fresh diagnostics", node=nodes[RAW])
-    return client.latest_diagnostics()
+    """Values of a diagnostics status of the raw node published after this call."""
+    node_path = f"{RAW}/segmentation_node"
+    seen = len(client.diagnostics(node_path))
+    client.wait_for(lambda: len(client.diagnostics(node_path)) > seen, what="fresh diagnostics", node=nodes[RAW])
+    return client.diagnostics(node_path)[-1]
 
 
 def test_malformed_frames_are_counted_and_skipped(client: Client, nodes: dict[str, NodeProcess],
                                                  scene: np.ndarray) -> None:
     bad_before = int(_fresh_diagnostics(client, nodes)["frames_bad"])
-    good = image_msg(scene, "rgb8")
     truncated = image_msg(scene, "rgb8")
     truncated.data = truncated.data[: len(truncated.data) // 2]
     wrong_step = image_msg(scene, "rgb8")
@@ -195,20 +194,20 @@ def test_malformed_frames_are_counted_and_skipped(client: Client, nodes: dict[st
     publisher = client.publisher(f"{RAW}/image", Image)
     for msg in broken:
         publisher.publish(msg)
-        # One at a time: the latest-frame policy would otherwise drop some before they are looked at.
-        client.spin_for(0.3)
+        client.spin_for(0.2)  # with a history depth of 1, a frame right behind would replace it
+        # A good frame after each bad one: once its labels are back the worker is idle again, so the
+        # next bad frame is looked at instead of being replaced while pending (a drop, not a bad frame).
+        assert segment(client, nodes, image_msg(scene, "rgb8")).shape == FRAME_SIZE
     broken_compressed = CompressedImage(header=make_header(), format="jpeg", data=b"\xff\xd8 broken")
     client.publisher(f"{COMPRESSED}/image", CompressedImage).publish(broken_compressed)
+    client.wait_for(lambda: "skipping bad frame" in nodes[COMPRESSED].log(), what="the compressed node's log line")
 
-    labels = segment(client, nodes, good)
-    assert labels.shape == FRAME_SIZE
     for msg in broken:
         assert client.by_stamp(f"{RAW}/segmentation/labels", msg.header) is None
     client.wait_for(lambda: int(_fresh_diagnostics(client, nodes)["frames_bad"]) >= bad_before + len(broken),
                     what=f"{len(broken)} bad frames in the diagnostics")
     nodes[RAW].check_running()
     nodes[COMPRESSED].check_running()
-    assert "skipping bad frame" in nodes[COMPRESSED].log()
 
 
 def test_label_info_reaches_late_joiners(nodes: dict[str, NodeProcess], client: Client) -> None:
@@ -306,3 +305,19 @@ def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dic
                                          scales=(2,), output_resolution="network")).segment(scene).labels
     np.testing.assert_array_equal(pruned, expected)
     nodes[RAW].check_running()
+
+
+def test_a_failed_rebuild_keeps_serving_and_restores_the_parameters(client: Client, nodes: dict[str, NodeProcess],
+                                                                     scene: np.ndarray, tmp_path: Path) -> None:
+    node_path = f"{RAW}/segmentation_node"
+    serving = client.get_parameters(node_path, ["weights"])["weights"]
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    # The file exists, so the change is accepted; loading it fails in the background.
+    (result,) = client.set_parameters(node_path, {"weights": str(broken)})
+    assert result.successful, result.reason
+    client.wait_for(lambda: _fresh_diagnostics(client, nodes).get("engine_state") == "rebuild failed",
+                    what="the failed rebuild in the diagnostics")
+    assert client.get_parameters(node_path, ["weights"])["weights"] == serving
+    assert str(broken) in nodes[RAW].log() and "still serving the previous engine" in nodes[RAW].log()
+    assert segment(client, nodes, image_msg(scene, "rgb8")).shape == (64, 96)

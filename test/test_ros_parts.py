@@ -191,7 +191,7 @@ def test_defaults_validate_into_a_segmenter_config() -> None:
     ({"confidence_encoding": "16UC1"}, "confidence_encoding must be one of"),
     ({"scales": [0]}, r"scales must be in \[1, 4\]"),
     ({"scales": [2, 2]}, "scales must not repeat"),
-    ({"overlay_alpha": 1.5}, "overlay_alpha"),
+    ({"overlay_alpha": 1.5}, r"overlay_alpha must be in \[0.0, 1.0\]"),
     ({"weights": "/no/such/file.pth"}, "weights file not found: /no/such/file.pth"),
     ({"weights": "no_such_entry"}, "neither an existing file nor a manifest entry"),
     ({"input_width": 100}, "divisible by 32"),
@@ -209,6 +209,8 @@ def test_descriptors_carry_ranges_and_choices() -> None:
     assert (width.integer_range[0].from_value, width.integer_range[0].to_value, width.integer_range[0].step) == (32, 8192, 32)
     assert "atonet" in PARAMETERS["model"].descriptor("model").additional_constraints
     assert PARAMETERS["qos_depth"].descriptor("qos_depth").read_only
+    alpha = PARAMETERS["overlay_alpha"].descriptor("overlay_alpha").floating_point_range[0]
+    assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
     assert all(spec.description for spec in PARAMETERS.values())
 
 

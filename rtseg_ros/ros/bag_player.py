@@ -34,7 +34,7 @@ from std_msgs.msg import Header
 from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.evaluation.evaluator import Evaluation, ReportWriter
 from rtseg_ros.evaluation.live import LiveScorer
-from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, label_msg_to_array
+from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, SkipTally, label_msg_to_array
 from rtseg_ros.io.images import ImageDecodeError, array_to_image_fields
 from rtseg_ros.ros.demo import loopback_dds_environment
 from rtseg_ros.ros.segmentation_node import LabelInfo, String
@@ -212,11 +212,10 @@ def run_live_evaluation(bag: str | Path, label_set: LabelSet, settings: dict[str
         live.update({"node": "started" if options.start_node else "running", "bad_outputs": player.bad_outputs
                      if player else 0, "node_command": command if options.start_node else None,
                      "node_log": str(node_log) if options.start_node else None})
-        skipped = dict(evaluation.skipped)
-        for reason, count in reader.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
-        return {"live": live, "frames_read": evaluation.frames_read, "skipped": skipped,
-                "errors": evaluation.errors + reader.errors, "throughput_fps": live["output_fps"]}
+        skipped, _ = SkipTally.combine(reader.tally, evaluation.skipped)
+        _, errors = SkipTally.combine(reader.tally, evaluation.skipped, evaluation.issues)
+        return {"live": live, "frames_read": evaluation.frames_read, "skipped": skipped, "errors": errors,
+                "throughput_fps": live["output_fps"]}
 
     try:
         if options.start_node:

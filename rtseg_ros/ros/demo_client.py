@@ -22,7 +22,7 @@ from std_msgs.msg import Header
 
 from rtseg_ros.io.images import array_to_image_fields, image_msg_to_array
 from rtseg_ros.ros.demo import DemoSummary
-from rtseg_ros.ros.segmentation_node import LabelInfo, String
+from rtseg_ros.ros.segmentation_node import NODE_NAME, LabelInfo, String, diagnostic_name
 
 __all__ = ["DemoClient"]
 
@@ -168,7 +168,7 @@ class DemoClient:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.endswith(": segmentation"):
+            if status.name == diagnostic_name(f"/{NODE_NAME}"):
                 self._node_values = {kv.key: kv.value for kv in status.values}
 
     def _dropped_by_node(self) -> int:

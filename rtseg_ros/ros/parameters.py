@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
 from rtseg_ros.datasets.labels import LABEL_SETS
@@ -45,6 +45,7 @@ class ParameterSpec:
         choices: the allowed values of a string parameter, if limited.
         integer_range: inclusive bounds of an integer (or each element of an integer array).
         integer_step: if not 0, valid integers are the lower bound plus a multiple of it.
+        float_range: inclusive bounds of a floating-point parameter.
         rebuilds_engine: changing it at run time builds a new Segmenter in the background.
         read_only: fixed at start-up (it shapes subscriptions or publishers).
     """
@@ -54,6 +55,7 @@ class ParameterSpec:
     choices: tuple[str, ...] = ()
     integer_range: tuple[int, int] | None = None
     integer_step: int = 0
+    float_range: tuple[float, float] | None = None
     rebuilds_engine: bool = False
     read_only: bool = False
 
@@ -68,6 +70,9 @@ class ParameterSpec:
             else:
                 # ROS ranges apply to scalars only; array elements are checked in validate_parameters.
                 descriptor.additional_constraints = f"each element in [{low}, {high}], no repeats"
+        if self.float_range is not None:
+            low, high = self.float_range
+            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
         return descriptor
 
 
@@ -100,14 +105,15 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "input", "Size of the published labels: 'input' (the camera frame's) or 'network' (the input_* size).",
         choices=OUTPUT_RESOLUTIONS, rebuilds_engine=True),
     "engine_cache_dir": ParameterSpec(
-        "", "Folder for exported/compiled engines. Empty: ~/.cache/rtseg_ros.", rebuilds_engine=True),
+        "", "Folder for exported/compiled engines. Empty: $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros.", rebuilds_engine=True),
     "confidence_encoding": ParameterSpec(
         "32FC1", "Encoding of the confidence image: 32FC1 (probability) or mono8 (probability x 255).",
         choices=("32FC1", "mono8")),
     "publish_overlay": ParameterSpec(
         True, "Publish the colour overlay (computed only while someone subscribes)."),
     "overlay_alpha": ParameterSpec(
-        0.5, "Weight of the class colours in the overlay, 0 (camera only) to 1 (colours only)."),
+        0.5, "Weight of the class colours in the overlay, 0 (camera only) to 1 (colours only).",
+        float_range=(0.0, 1.0)),
     "input_transport": ParameterSpec(
         "raw", "Camera topic type: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage).",
         choices=("raw", "compressed"), read_only=True),
@@ -152,11 +158,11 @@ def validate_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
             items = _as_sequence(value)
             if not items or any(not low <= int(item) <= high for item in items):
                 raise ParameterError(f"{name} must be in [{low}, {high}]; got {value!r}")
+        if spec.float_range is not None and not spec.float_range[0] <= float(value) <= spec.float_range[1]:
+            raise ParameterError(f"{name} must be in [{spec.float_range[0]}, {spec.float_range[1]}]; got {value!r}")
     scales = [int(s) for s in _as_sequence(values["scales"])]
     if len(set(scales)) != len(scales):
         raise ParameterError(f"scales must not repeat; got {scales}")
-    if not 0.0 <= float(values["overlay_alpha"]) <= 1.0:
-        raise ParameterError(f"overlay_alpha must be in [0, 1]; got {values['overlay_alpha']}")
     config = segmenter_config(values)
     try:
         config.validate()

@@ -57,7 +57,8 @@ try:  # vision_msgs is optional: the JSON label_info stands in where it is missi
 except ImportError:
     LabelInfo = VisionClass = None
 
-__all__ = ["SegmentationNode", "StartupError", "LABEL_INFO_FORMAT", "scale_camera_info", "main"]
+__all__ = ["SegmentationNode", "StartupError", "LABEL_INFO_FORMAT", "diagnostic_name", "label_info", "scale_camera_info",
+           "main"]
 
 LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
 NODE_NAME = "segmentation_node"
@@ -265,9 +266,14 @@ class SegmentationNode(Node):
             "scales": ",".join(map(str, config.scales)),
             "weights": config.weights or "untrained (random)",
         }
-        status = diagnostic_status(f"{self.get_name()}: segmentation", self._stats.report(), engine,
+        status = diagnostic_status(diagnostic_name(self.get_fully_qualified_name()), self._stats.report(), engine,
                                    self._engine.state, self._engine.last_error)
         self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+
+def diagnostic_name(node_path: str) -> str:
+    """The name of a node's status on /diagnostics; the node's full path tells several cameras apart."""
+    return f"{node_path}: segmentation"
 
 
 def label_info(config: SegmenterConfig, segmenter: Segmenter) -> dict[str, Any]:
