@@ -175,7 +175,7 @@ def test_live_scorer_matches_by_stamp_and_counts_drops() -> None:
     assert scorer.on_received(400, np.zeros((1, 1), np.uint8), now_s=11.3)  # arrives, wrong size
     summary = scorer.summary(rate_factor=2.0)
     assert (summary["published"], summary["received"], summary["dropped"], summary["unmatched_outputs"]) == (4, 3, 1, 1)
-    assert evaluation.frames == 2 and evaluation.skipped == {SKIP_DROPPED: 1, "size mismatch": 1}
+    assert evaluation.frames == 2 and evaluation.skipped.counts == {SKIP_DROPPED: 1, "size mismatch": 1}
     latency = evaluation.metrics()["latency_ms"]
     assert latency["count"] == 3 and latency["max"] == pytest.approx(1000.0)
     assert summary["input_fps"] == pytest.approx(3 / 0.3)

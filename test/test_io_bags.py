@@ -102,10 +102,10 @@ def test_bad_messages_are_skipped_and_counted(tmp_path: Path) -> None:
     reader = BagFrameReader(tmp_path / "bag")
     frames = list(reader)
     assert [(f.stamp_ns, f.labels is None) for f in frames] == [(1, True), (6, True)]
-    assert dict(reader.skipped) == {
+    assert dict(reader.tally.counts) == {
         bags.SKIP_UNDECODABLE_MESSAGE: 1, bags.SKIP_BAD_IMAGE: 2, bags.SKIP_LABELS_WITHOUT_IMAGE: 1,
         bags.SKIP_BAD_LABELS: 1}
-    assert any("truncated" in e for e in reader.errors) and any("weird8" in e for e in reader.errors)
+    assert any("truncated" in e for e in reader.tally.messages) and any("weird8" in e for e in reader.tally.messages)
 
 
 def test_truncated_mcap_bag_is_a_clear_error(tmp_path: Path) -> None:
@@ -145,11 +145,11 @@ def test_storage_broken_mid_way_keeps_the_frames_read_before(tmp_path: Path) -> 
             frames = list(reader)
         except BagError:
             continue  # damage in the schema: the bag does not open at all
-        if reader.skipped[bags.SKIP_BAG_READ_ERROR] and 0 < len(frames) < 10:
+        if reader.tally.counts[bags.SKIP_BAG_READ_ERROR] and 0 < len(frames) < 10:
             break
     else:
         pytest.fail("no single damaged page broke the message stream mid-way")
-    assert reader.skipped[bags.SKIP_BAG_READ_ERROR] == 1 and "malformed" in reader.errors[-1]
+    assert reader.tally.counts[bags.SKIP_BAG_READ_ERROR] == 1 and "malformed" in reader.tally.messages[-1]
     for i, frame in enumerate(frames):
         np.testing.assert_array_equal(frame.image, make_scene(i, 64, 128)[0])
 

@@ -48,7 +48,7 @@ class SampledSource:
         self.samples: list[tuple[int, float]] = []
         self.after_mib: float | None = None
         self.total, self.description = source.total, source.description
-        self.skipped, self.errors = source.skipped, source.errors
+        self.tally = source.tally
 
     def __iter__(self) -> Iterator[EvalFrame]:
         for index, frame in enumerate(self.source):

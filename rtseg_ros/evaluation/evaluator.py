@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from array import array
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -33,6 +32,7 @@ from rtseg_ros.evaluation.reports import (
     write_json_atomic,
     write_overlay,
 )
+from rtseg_ros.io.bags import SkipTally
 from rtseg_ros.metrics.confusion import ConfusionMatrix
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ SKIP_SIZE_MISMATCH = "size mismatch"
 SKIP_INFERENCE_ERROR = "inference error"
 SKIP_BAD_PREDICTION = "prediction out of range"
 ISSUE_UNKNOWN_LABEL = "unknown label value"
-MAX_ERRORS_PER_REASON = 5
 
 
 @dataclass
@@ -62,8 +61,7 @@ class FrameSource(Protocol):
 
     total: int | None
     description: str
-    skipped: Counter
-    errors: list[str]
+    tally: SkipTally
 
     def __iter__(self) -> Any: ...
 
@@ -98,19 +96,15 @@ class Evaluation:
         self.confusion = ConfusionMatrix(label_set.num_classes, label_set.ignore_index)
         self.frames = 0
         self.frames_read = 0
-        self.skipped: Counter = Counter()
-        self.issues: Counter = Counter()
+        self.skipped = SkipTally()
+        self.issues = SkipTally()
         self.unknown_label_pixels = 0
-        self.errors: list[str] = []
         self._latency = array("d")
         self._stages: dict[str, array] = {}
 
     def note(self, reason: str, detail: str, *, skip: bool = True) -> None:
         """Count a skipped frame (``skip``) or a problem that did not stop the frame being scored."""
-        (self.skipped if skip else self.issues)[reason] += 1
-        if sum(1 for e in self.errors if e.startswith(reason)) < MAX_ERRORS_PER_REASON:
-            self.errors.append(f"{reason}: {detail}")
-        LOG.warning("%s: %s", reason, detail)
+        (self.skipped if skip else self.issues).record(reason, detail)
 
     def add_latency(self, latency_ms: float | None, stages_ms: dict[str, float] | None = None) -> None:
         """Record one frame's end-to-end latency and, optionally, its per-stage times."""
@@ -152,8 +146,8 @@ class Evaluation:
         return {
             "frames": self.frames,
             "frames_read": self.frames_read,
-            "skipped": dict(self.skipped),
-            "issues": dict(self.issues),
+            "skipped": dict(self.skipped.counts),
+            "issues": dict(self.issues.counts),
             "unknown_label_pixels": self.unknown_label_pixels,
             "miou": self.confusion.mean_iou(),
             "pixel_accuracy": self.confusion.pixel_accuracy(),
@@ -161,7 +155,7 @@ class Evaluation:
             "confusion_matrix": self.confusion.matrix,
             "latency_ms": _percentiles(self._latency),
             "stage_latency_ms": {stage: _percentiles(v) for stage, v in self._stages.items()},
-            "errors": list(self.errors),
+            "errors": SkipTally.merged(self.skipped, self.issues).messages,
         }
 
 
@@ -271,13 +265,11 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
 
     def extra() -> dict[str, Any]:
         elapsed = time.perf_counter() - started
-        counts = Counter(evaluation.skipped)
-        counts.update(source.skipped)
         return {
             "source": {"description": source.description, **(header or {}).get("source", {})},
             "frames_read": evaluation.frames_read,
-            "skipped": dict(counts),
-            "errors": evaluation.errors + list(source.errors),
+            "skipped": dict(SkipTally.merged(source.tally, evaluation.skipped).counts),
+            "errors": SkipTally.merged(source.tally, evaluation.skipped, evaluation.issues).messages,
             "elapsed_s": elapsed,
             "throughput_fps": predicted / elapsed if predicted and elapsed > 0 else None,
             "exported": exporter.written if exporter else 0,

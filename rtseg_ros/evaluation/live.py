@@ -97,7 +97,7 @@ class LiveScorer:
         for stamp in overdue:
             frame = self._in_flight.pop(stamp)
             self.dropped += 1
-            self.evaluation.skipped[SKIP_DROPPED] += 1
+            self.evaluation.note(SKIP_DROPPED, f"{frame.name}: no output within {self.max_wait_s:.1f} s")
             if self.writer is not None:
                 self.writer.frame({"name": frame.name, "stamp_ns": stamp, "skipped": SKIP_DROPPED})
         return len(overdue)

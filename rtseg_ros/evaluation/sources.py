@@ -1,14 +1,11 @@
 """Where evaluation frames come from: a bag, a data set folder, or a bag matched to a folder.
 
 Every source yields :class:`EvalFrame` objects one at a time and counts what it had to skip
-(``skipped``: reason -> count; ``errors``: the first messages), so a bad file or message costs one
-frame, not the run. ``make_dataset_bag`` is the other direction: a data set split into a bag.
+in its ``tally``, so a bad file or message costs one frame, not the run. ``make_dataset_bag`` is the other direction: a data set split into a bag.
 """
 from __future__ import annotations
 
-import logging
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -16,12 +13,17 @@ import numpy as np
 
 from rtseg_ros.datasets import get_dataset_reader
 from rtseg_ros.datasets.base import DatasetError, SamplePaths, load_sample, read_labels
-from rtseg_ros.io.bags import CUSTOM_DATASET, CUSTOM_LABEL_SET, CUSTOM_SPLIT, BagFrameReader, BagWriter, bag_storage
-
-LOG = logging.getLogger(__name__)
+from rtseg_ros.io.bags import (
+    CUSTOM_DATASET,
+    CUSTOM_LABEL_SET,
+    CUSTOM_SPLIT,
+    BagFrameReader,
+    BagWriter,
+    SkipTally,
+    bag_storage,
+)
 
 SKIP_UNREADABLE_FILE = "unreadable file"
-MAX_ERRORS_PER_REASON = 5
 
 
 @dataclass
@@ -40,18 +42,6 @@ class EvalFrame:
     image: np.ndarray
     color_order: str
     labels: np.ndarray | None
-
-
-@dataclass
-class _Skips:
-    skipped: Counter = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-
-    def record(self, reason: str, detail: str) -> None:
-        self.skipped[reason] += 1
-        if sum(1 for e in self.errors if e.startswith(reason)) < MAX_ERRORS_PER_REASON:
-            self.errors.append(f"{reason}: {detail}")
-        LOG.warning("skipping: %s: %s", reason, detail)
 
 
 class DatasetGroundTruth:
@@ -84,16 +74,13 @@ def _list(dataset: str, root: str | Path, split: str, label_map: Mapping[int, in
     return reader.list_samples(root, split)
 
 
-class BagSource(_Skips):
+class BagSource:
     """Frames of a bag, with ground truth from the bag or, if given, from a data set folder."""
 
     def __init__(self, path: str | Path, ground_truth: DatasetGroundTruth | None = None) -> None:
-        super().__init__()
         self.path = Path(path)
-        self._reader = BagFrameReader(self.path)
-        # One tally for reader and source.
-        self._reader.skipped = self.skipped
-        self._reader.errors = self.errors
+        self.tally = SkipTally()
+        self._reader = BagFrameReader(self.path, tally=self.tally)
         self.ground_truth = ground_truth
         self.total = self._reader.frame_count()
         self.description = f"bag {self.path} ({bag_storage(self.path)})"
@@ -108,17 +95,17 @@ class BagSource(_Skips):
                 try:
                     labels = self.ground_truth.labels_for(frame.name)
                 except DatasetError as exc:
-                    self.record(SKIP_UNREADABLE_FILE, str(exc))
+                    self.tally.record(SKIP_UNREADABLE_FILE, str(exc))
                     continue
             yield EvalFrame(name, frame.stamp_ns, frame.image, frame.color_order, labels)
 
 
-class DatasetSource(_Skips):
+class DatasetSource:
     """Frames of a data set split, read from disk one at a time."""
 
     def __init__(self, dataset: str, root: str | Path, split: str,
                  label_map: Mapping[int, int] | None = None) -> None:
-        super().__init__()
+        self.tally = SkipTally()
         self.samples = _list(dataset, root, split, label_map)
         self.total = len(self.samples)
         self.description = f"{dataset} {split} in {root}"
@@ -128,7 +115,7 @@ class DatasetSource(_Skips):
             try:
                 sample = load_sample(paths)
             except DatasetError as exc:
-                self.record(SKIP_UNREADABLE_FILE, str(exc))
+                self.tally.record(SKIP_UNREADABLE_FILE, str(exc))
                 continue
             yield EvalFrame(paths.relative_path, index, sample.image, "rgb", sample.labels)
 
@@ -148,7 +135,8 @@ def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path
         raise ValueError(f"rate must be positive, got {rate_hz} Hz")
     samples = _list(dataset, root, split, label_map)[:limit]
     period_ns = int(round(1e9 / rate_hz))
-    skipped = without_gt = 0
+    skipped = SkipTally()
+    without_gt = 0
     custom = {CUSTOM_DATASET: dataset, CUSTOM_SPLIT: split}
     label_set = get_dataset_reader(dataset).LABEL_SET
     if label_set:
@@ -158,10 +146,10 @@ def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path
             try:
                 sample = load_sample(paths)
             except DatasetError as exc:
-                LOG.warning("skipping %s: %s", paths.relative_path, exc)
-                skipped += 1
+                skipped.record(SKIP_UNREADABLE_FILE, str(exc))
                 continue
             without_gt += sample.labels is None
             writer.write_frame(start_ns + writer.frames_written * period_ns, sample.image, sample.labels,
                                paths.relative_path)
-        return {"frames": writer.frames_written, "skipped": skipped, "without_ground_truth": without_gt}
+        return {"frames": writer.frames_written, "skipped": sum(skipped.counts.values()),
+                "without_ground_truth": without_gt}

@@ -75,6 +75,35 @@ SKIP_BAG_READ_ERROR = "bag read error"
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
+class SkipTally:
+    """Things skipped (or flagged) while reading or scoring, counted by reason.
+
+    The first ``keep_per_reason`` messages of each reason are kept for reports and logged; later
+    ones are only counted, so a bag full of bad frames neither floods the log nor grows memory.
+    """
+
+    def __init__(self, keep_per_reason: int = 5) -> None:
+        self.counts: Counter = Counter()
+        self.messages: list[str] = []
+        self.keep_per_reason = keep_per_reason
+
+    def record(self, reason: str, detail: str) -> None:
+        """Count one occurrence of ``reason``; ``detail`` says which item and why."""
+        self.counts[reason] += 1
+        if self.counts[reason] <= self.keep_per_reason:
+            self.messages.append(f"{reason}: {detail}")
+            LOG.warning("%s: %s", reason, detail)
+
+    @staticmethod
+    def merged(*tallies: "SkipTally") -> "SkipTally":
+        """A new tally with the counts added up and the messages concatenated."""
+        total = SkipTally()
+        for tally in tallies:
+            total.counts.update(tally.counts)
+            total.messages.extend(tally.messages)
+        return total
+
+
 class BagError(ValueError):
     """A bag cannot be opened or written (missing, not a rosbag2, wrong topics, exists already)."""
 
@@ -222,8 +251,7 @@ class BagFrameReader:
         window: how many stamps may be open at once while their messages arrive; the bag is
             ordered by time, so a small window suffices and bounds memory.
 
-    After (or during) iteration, ``skipped`` maps a reason to a count and ``errors`` holds the
-    first messages of each kind of failure.
+    What had to be skipped is counted in ``tally`` (pass one to share it with a caller).
     """
 
     path: str | Path
@@ -231,14 +259,7 @@ class BagFrameReader:
     label_topic: str = LABEL_TOPIC
     name_topic: str = FILE_NAME_TOPIC
     window: int = 4
-    skipped: Counter = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-
-    def _record(self, reason: str, detail: str) -> None:
-        self.skipped[reason] += 1
-        if sum(1 for e in self.errors if e.startswith(reason)) < 5:
-            self.errors.append(f"{reason}: {detail}")
-        LOG.warning("skipping: %s: %s", reason, detail)
+    tally: SkipTally = field(default_factory=SkipTally)
 
     def _open(self) -> Reader:
         path = Path(self.path)
@@ -274,7 +295,7 @@ class BagFrameReader:
                 except StopIteration:
                     break
                 except Exception as exc:  # truncated or corrupt storage: keep what was read
-                    self._record(SKIP_BAG_READ_ERROR, f"{type(exc).__name__}: {exc}")
+                    self.tally.record(SKIP_BAG_READ_ERROR, f"{type(exc).__name__}: {exc}")
                     break
                 self._add(pending, *item)
                 while len(pending) > self.window:
@@ -288,7 +309,7 @@ class BagFrameReader:
         try:
             msg = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
         except Exception as exc:  # any corruption of the CDR bytes
-            self._record(SKIP_UNDECODABLE_MESSAGE, f"{connection.topic} at {log_time}: {type(exc).__name__}: {exc}")
+            self.tally.record(SKIP_UNDECODABLE_MESSAGE, f"{connection.topic} at {log_time}: {type(exc).__name__}: {exc}")
             return
         if connection.topic == self.name_topic:
             pending.setdefault(log_time, _Pending()).name = str(msg.data)
@@ -300,20 +321,20 @@ class BagFrameReader:
                 image, order = decode(msg)
                 entry = pending.setdefault(stamp, _Pending())
                 if entry.image is not None:
-                    self._record(SKIP_DUPLICATE_STAMP, f"second image at stamp {stamp}")
+                    self.tally.record(SKIP_DUPLICATE_STAMP, f"second image at stamp {stamp}")
                     return
                 entry.image = (image, order, str(msg.header.frame_id))
             else:
                 pending.setdefault(stamp, _Pending()).labels = label_msg_to_array(msg)
         except (ImageDecodeError, AttributeError) as exc:
             reason = SKIP_BAD_IMAGE if connection.topic == self.image_topic else SKIP_BAD_LABELS
-            self._record(reason, f"stamp {stamp}: {exc}")
+            self.tally.record(reason, f"stamp {stamp}: {exc}")
 
     def _emit(self, pending: dict[int, _Pending], stamp: int) -> Iterator[BagFrame]:
         entry = pending.pop(stamp)
         if entry.image is None:
             if entry.labels is not None:
-                self._record(SKIP_LABELS_WITHOUT_IMAGE, f"stamp {stamp}")
+                self.tally.record(SKIP_LABELS_WITHOUT_IMAGE, f"stamp {stamp}")
             return
         image, order, frame_id = entry.image
         yield BagFrame(stamp, image, order, entry.labels, entry.name, frame_id)

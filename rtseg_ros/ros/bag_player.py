@@ -212,9 +212,9 @@ def run_live_evaluation(bag: str | Path, label_set: LabelSet, settings: dict[str
         live.update({"node": "started" if options.start_node else "running", "bad_outputs": player.bad_outputs
                      if player else 0, "node_command": command if options.start_node else None,
                      "node_log": str(node_log) if options.start_node else None})
-        skipped, _ = SkipTally.combine(reader.tally, evaluation.skipped)
-        _, errors = SkipTally.combine(reader.tally, evaluation.skipped, evaluation.issues)
-        return {"live": live, "frames_read": evaluation.frames_read, "skipped": skipped, "errors": errors,
+        return {"live": live, "frames_read": evaluation.frames_read,
+                "skipped": dict(SkipTally.merged(reader.tally, evaluation.skipped).counts),
+                "errors": SkipTally.merged(reader.tally, evaluation.skipped, evaluation.issues).messages,
                 "throughput_fps": live["output_fps"]}
 
     try:
