@@ -77,7 +77,7 @@ def _segmentation_node(context: LaunchContext) -> list[Node]:
                 ("image", LaunchConfiguration("image_topic").perform(context)),
                 ("camera_info", LaunchConfiguration("camera_info_topic").perform(context)),
             ],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
+            ros_arguments=["--log-level", LaunchConfiguration("log_level").perform(context)],
             output="screen",
             emulate_tty=True,
         )

@@ -321,3 +321,21 @@ def test_a_failed_rebuild_keeps_serving_and_restores_the_parameters(client: Clie
     assert client.get_parameters(node_path, ["weights"])["weights"] == serving
     assert str(broken) in nodes[RAW].log() and "still serving the previous engine" in nodes[RAW].log()
     assert segment(client, nodes, image_msg(scene, "rgb8")).shape == (64, 96)
+
+
+def test_output_options_change_at_once(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
+    node_path = f"{RAW}/segmentation_node"
+    results = client.set_parameters(node_path, {"confidence_encoding": "mono8", "publish_overlay": False})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        header = make_header()
+        labels, confidence = client.send_and_collect(
+            f"{RAW}/image", image_msg(scene, "rgb8", header),
+            [f"{RAW}/segmentation/labels", f"{RAW}/segmentation/confidence"], nodes[RAW])
+        assert confidence.encoding == "mono8" and (confidence.height, confidence.width) == (labels.height, labels.width)
+        # 255 x the probability, which is at least 1/19 for the winning class.
+        assert np.frombuffer(confidence.data, np.uint8).min() >= 255 // CITYSCAPES.num_classes
+        client.spin_for(0.5)  # an overlay would have been published with the labels
+        assert client.by_stamp(f"{RAW}/segmentation/overlay", header) is None
+    finally:
+        client.set_parameters(node_path, {"confidence_encoding": "32FC1", "publish_overlay": True})
