@@ -1,6 +1,7 @@
 """rosbag2 bags of frames with ground truth: writing, reading, and damaged bags."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def test_make_bag_writes_stamped_images_labels_camera_info_and_names(tmp_path: P
         np.testing.assert_array_equal(frame.image, rgb)
         np.testing.assert_array_equal(frame.labels, labels)
         assert frame.color_order == "rgb" and frame.stamp_ns == expected_stamps[i]
+
+
+def test_make_bag_takes_cityscapes_calibration_into_camera_info(tmp_path: Path) -> None:
+    write_cityscapes_tree(tmp_path / "cs", "val", count=2, height=32, width=64)
+    camera = tmp_path / "cs/camera/val/synthcity/synthcity_000001_000019_camera.json"
+    camera.parent.mkdir(parents=True)
+    camera.write_text(json.dumps({"extrinsic": {}, "intrinsic": {"fx": 35.5, "fy": 36.0, "u0": 31.0, "v0": 15.5}}))
+    make_dataset_bag("cityscapes", tmp_path / "cs", "val", tmp_path / "bag")
+    with Reader(tmp_path / "bag") as reader:
+        connections = [c for c in reader.connections if c.topic == bags.CAMERA_INFO_TOPIC]
+        infos = [TYPESTORE.deserialize_cdr(raw, c.msgtype) for c, _, raw in reader.messages(connections)]
+    uncalibrated, calibrated = infos
+    assert not uncalibrated.k.any() and uncalibrated.distortion_model == ""
+    np.testing.assert_array_equal(calibrated.k, [35.5, 0, 31.0, 0, 36.0, 15.5, 0, 0, 1])
+    np.testing.assert_array_equal(calibrated.p, [35.5, 0, 31.0, 0, 0, 36.0, 15.5, 0, 0, 0, 1, 0])
+    assert calibrated.distortion_model == "plumb_bob" and not calibrated.d.any()
+    camera.write_text("{}")
+    summary = make_dataset_bag("cityscapes", tmp_path / "cs", "val", tmp_path / "bag2")
+    assert summary["frames"] == 1 and summary["skipped"] == 1  # a broken calibration file costs its frame
 
 
 def test_frames_without_labels_or_names_keep_their_place(tmp_path: Path) -> None:

@@ -138,18 +138,22 @@ def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path
     skipped = SkipTally()
     without_gt = 0
     custom = {CUSTOM_DATASET: dataset, CUSTOM_SPLIT: split}
-    label_set = get_dataset_reader(dataset).LABEL_SET
+    reader = get_dataset_reader(dataset)
+    # Readers of data sets that ship calibration (Cityscapes) provide camera_intrinsics(paths).
+    intrinsics_of = getattr(reader, "camera_intrinsics", None)
+    label_set = reader.LABEL_SET
     if label_set:
         custom[CUSTOM_LABEL_SET] = label_set
     with BagWriter(out, storage, custom_data=custom) as writer:
         for paths in tqdm(samples, desc="make-bag", unit="frame", disable=not progress):
             try:
                 sample = load_sample(paths)
+                intrinsics = intrinsics_of(paths) if intrinsics_of else None
             except DatasetError as exc:
                 skipped.record(SKIP_UNREADABLE_FILE, str(exc))
                 continue
             without_gt += sample.labels is None
             writer.write_frame(start_ns + writer.frames_written * period_ns, sample.image, sample.labels,
-                               paths.relative_path)
+                               paths.relative_path, intrinsics)
         return {"frames": writer.frames_written, "skipped": sum(skipped.counts.values()),
                 "without_ground_truth": without_gt}

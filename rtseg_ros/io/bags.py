@@ -6,7 +6,8 @@ Bag convention (what ``rtseg make-bag`` writes and ``rtseg eval`` reads), one fr
 topic                         type                       content
 ============================  =========================  =============================================
 ``/camera/image_raw``         sensor_msgs/Image          rgb8 camera frame (CompressedImage also read)
-``/camera/camera_info``       sensor_msgs/CameraInfo     image size; K, P all zero (= uncalibrated)
+``/camera/camera_info``       sensor_msgs/CameraInfo     image size; pinhole K/P of a rectified image
+                                                         when known (Cityscapes), else zero (uncalibrated)
 ``/ground_truth/labels``      sensor_msgs/Image          mono8 train ids, 255 = ignore
 ``/ground_truth/file_name``   std_msgs/String            the frame's image path relative to the data
                                                          set root, e.g. ``leftImg8bit/val/...png``
@@ -210,12 +211,22 @@ class BagWriter:
         fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
         return TYPESTORE.types[IMAGE_TYPE](header=_header(stamp_ns, self.frame_id), **fields)
 
-    def _camera_info_msg(self, height: int, width: int, stamp_ns: int) -> Any:
+    def _camera_info_msg(self, height: int, width: int, stamp_ns: int,
+                         intrinsics: tuple[float, float, float, float] | None) -> Any:
         roi = TYPESTORE.types["sensor_msgs/msg/RegionOfInterest"](
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        if intrinsics is None:
+            # All zero: ROS's convention for an uncalibrated camera.
+            model, d, k, r, p = "", np.zeros(0), np.zeros(9), np.zeros(9), np.zeros(12)
+        else:
+            fx, fy, cx, cy = intrinsics
+            # The frames are already rectified: no distortion, identity rectification, P = [K | 0].
+            model, d, r = "plumb_bob", np.zeros(5), np.eye(3).reshape(-1)
+            k = np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+            p = np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
         return TYPESTORE.types[CAMERA_INFO_TYPE](
-            header=_header(stamp_ns, self.frame_id), height=height, width=width, distortion_model="",
-            d=np.zeros(0), k=np.zeros(9), r=np.zeros(9), p=np.zeros(12), binning_x=0, binning_y=0, roi=roi)
+            header=_header(stamp_ns, self.frame_id), height=height, width=width, distortion_model=model,
+            d=d, k=k, r=r, p=p, binning_x=0, binning_y=0, roi=roi)
 
     def _write(self, connection: Any, msg: Any, stamp_ns: int) -> None:
         if self._writer is None:
@@ -223,16 +234,17 @@ class BagWriter:
         self._writer.write(connection, stamp_ns, TYPESTORE.serialize_cdr(msg, connection.msgtype))
 
     def write_frame(self, stamp_ns: int, image: np.ndarray, labels: np.ndarray | None = None,
-                    name: str | None = None) -> None:
-        """Write one frame: the image (HxWx3 uint8 RGB), its camera info, and if given its labels
-        (HxW uint8 train ids, same size) and file name, all stamped ``stamp_ns``."""
+                    name: str | None = None, intrinsics: tuple[float, float, float, float] | None = None) -> None:
+        """Write one frame: the image (HxWx3 uint8 RGB), its camera info (pinhole ``(fx, fy, cx, cy)``
+        if given), and if given its labels (HxW uint8 train ids, same size) and file name, all stamped
+        ``stamp_ns``."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"images must be HxWx3 uint8 RGB, got shape {image.shape} of {image.dtype}")
         if labels is not None and labels.shape != image.shape[:2]:
             raise ValueError(f"labels {labels.shape} and image {image.shape[:2]} differ in size")
         height, width = image.shape[:2]
         self._write(self._image, self._image_msg(image, "rgb8", stamp_ns), stamp_ns)
-        self._write(self._info, self._camera_info_msg(height, width, stamp_ns), stamp_ns)
+        self._write(self._info, self._camera_info_msg(height, width, stamp_ns, intrinsics), stamp_ns)
         if labels is not None:
             self._write(self._labels, self._image_msg(labels.astype(np.uint8, copy=False), "mono8", stamp_ns),
                         stamp_ns)
