@@ -182,3 +182,13 @@ def test_live_scorer_matches_by_stamp_and_counts_drops() -> None:
     scorer.on_published(500, "f500", labels, now_s=12.0)
     with pytest.raises(ValueError, match="published twice"):
         scorer.on_published(500, "again", labels, now_s=12.1)
+
+
+def test_the_evaluator_core_does_not_import_rclpy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, rtseg_ros.evaluation, rtseg_ros.evaluation.live, rtseg_ros.io.bags, rtseg_ros.cli.evaluate; "
+            "print(sorted(m for m in ('rclpy', 'rtseg_ros.ros') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
