@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,10 @@ def check_runtime(config: SegmenterConfig) -> None:
             "pip install 'rtseg_ros[tensorrt]' (torch-tensorrt matching your torch)")
     if config.precision == "int8" and importlib.util.find_spec("modelopt") is None:
         raise ConfigError("int8 calibration needs NVIDIA ModelOpt: pip install nvidia-modelopt")
+    if config.backend == "compile" and not config.is_cuda and not any(
+            shutil.which(cxx) for cxx in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+        raise ConfigError("the compile backend on CPU needs a C++ compiler (inductor builds C++ kernels); "
+                          "install g++ or use the torch backend")
     if config.backend == "onnxruntime":
         for module in ("onnxruntime", "onnx", "onnxscript"):
             if importlib.util.find_spec(module) is None:

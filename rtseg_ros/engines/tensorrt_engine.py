@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
-from rtseg_ros.engines.cache import ArtifactCache, file_sha256
+from rtseg_ros.engines.cache import ArtifactCache
 from rtseg_ros.engines.calibration import iter_calibration_frames
 from rtseg_ros.engines.config import ConfigError
 from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device
@@ -84,6 +84,8 @@ class TensorRTEngine(InferenceEngine):
 
     def _build(self, path: Path, output_size: tuple[int, int], with_confidence: bool) -> None:
         trt = self._trt
+        timing_cache = self.cache_dir / "tensorrt" / "timing_cache.bin"  # shared by all engines: faster builds
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
         network = copy.deepcopy(self.spec.model).to(self.device).eval()
         example = torch.zeros((1, 3, *self.network_size), device=self.device, dtype=self.input_dtype)
         if self.precision == "fp16":
@@ -101,7 +103,7 @@ class TensorRTEngine(InferenceEngine):
             compiled = trt.dynamo.compile(
                 exported, inputs=[example], device=self._target_device(), min_block_size=1,
                 use_explicit_typing=True,
-                timing_cache_path=str(self.cache_dir / "tensorrt" / "timing_cache.bin"))
+                timing_cache_path=str(timing_cache))
         trt.save(compiled, str(path), output_format="exported_program", inputs=[example])
 
     def _quantize(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -116,9 +118,9 @@ class TensorRTEngine(InferenceEngine):
 
         config = self.spec.config
         calibration_key = {"model": config.model, "weights_sha256": self.spec.weights_id,
-                           "input_size": list(config.network_size), "scales": list(config.scales)}
-        calibration_key["data"] = str(Path(config.calibration_data).expanduser().resolve())
-        calibration_key["frames"] = config.calibration_frames
+                           "input_size": list(config.network_size), "scales": list(config.scales),
+                           "data": str(Path(config.calibration_data).expanduser().resolve()),
+                           "frames": config.calibration_frames}
         entry = ArtifactCache(self.cache_dir, "calibration").entry(
             f"{config.model}-{self.spec.weights_id[:16]}-{config.input_height}x{config.input_width}",
             "quantizers.pt", calibration_key)
@@ -135,7 +137,7 @@ class TensorRTEngine(InferenceEngine):
 
         cached = entry.lookup()
         if cached is not None:
-            LOG.info("reusing int8 calibration %s (sha256 %s...)", cached, file_sha256(cached)[:12])
+            LOG.info("reusing int8 calibration %s", cached)
             return mto.restore(module, str(cached))
         LOG.info("calibrating int8 on up to %d frames from %s", config.calibration_frames, config.calibration_data)
         entry.store(calibrate)
