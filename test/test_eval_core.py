@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -185,9 +187,6 @@ def test_live_scorer_matches_by_stamp_and_counts_drops() -> None:
 
 
 def test_the_evaluator_core_does_not_import_rclpy() -> None:
-    import subprocess
-    import sys
-
     code = ("import sys, rtseg_ros.evaluation, rtseg_ros.evaluation.live, rtseg_ros.io.bags, rtseg_ros.cli.evaluate; "
             "print(sorted(m for m in ('rclpy', 'rtseg_ros.ros') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
