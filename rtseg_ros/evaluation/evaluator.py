@@ -312,7 +312,8 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
         complete = True
     finally:
         # On an interruption the files still get the results so far, marked incomplete.
-        if writer is not None:
-            report = writer.finish(evaluation, complete, extra())
-    return report if writer is not None else build_report(evaluation, header or {}, complete, extra())
+        final = extra()
+        report = (writer.finish(evaluation, complete, final) if writer is not None
+                  else build_report(evaluation, header or {}, complete, final))
+    return report
 
