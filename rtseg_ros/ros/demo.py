@@ -282,12 +282,17 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
 
     with open(summary.node_log, "w") as log:
         echo(f"starting the node (log: {summary.node_log})")
-        node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        # A session of its own: Ctrl-C reaches only the demo, which then stops the node in order.
+        node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                start_new_session=True)
         try:
             with DemoClient(IMAGE_TOPIC, frames, settings.rate_hz, video=out_dir / "overlay.mp4" if settings.video else None) as client:
                 _wait_for_node(client, node, settings.startup_timeout_s, summary.node_log)
                 echo(f"node ready: {client.label_info_text}")
-                client.run(settings.duration_s, echo)
+                try:
+                    client.run(settings.duration_s, echo, check=lambda: _check_running(node, summary.node_log))
+                except KeyboardInterrupt:
+                    echo("interrupted: stopping the camera and the node")
                 client.fill(summary)
                 overlay = client.last_overlay
                 if overlay is not None:
@@ -301,12 +306,17 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     return summary
 
 
+def _check_running(node: subprocess.Popen, log_path: str) -> None:
+    """Raise DemoError with the end of the node's log if the node process has ended."""
+    if node.poll() is not None:
+        tail = Path(log_path).read_text().strip().splitlines()[-15:]
+        raise DemoError(f"the node exited with code {node.returncode}:\n" + "\n".join(tail))
+
+
 def _wait_for_node(client: "DemoClient", node: subprocess.Popen, timeout_s: float, log_path: str) -> None:  # noqa: F821
     deadline = time.monotonic() + timeout_s
     while not client.node_ready:
-        if node.poll() is not None:
-            tail = Path(log_path).read_text().strip().splitlines()[-15:]
-            raise DemoError(f"the node exited with code {node.returncode}:\n" + "\n".join(tail))
+        _check_running(node, log_path)
         if time.monotonic() > deadline:
             raise DemoError(f"the node did not come up within {timeout_s:.0f} s; see {log_path}")
         client.spin_once(0.1)

@@ -15,6 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import Image
@@ -46,7 +47,8 @@ class DemoClient:
     def __init__(self, image_topic: str, frames: Iterator[tuple[np.ndarray, str]], rate_hz: float,
                  video: Path | None = None) -> None:
         self._context = Context()
-        rclpy.init(context=self._context)
+        # No rclpy signal handlers: Ctrl-C must reach the demo loop as KeyboardInterrupt.
+        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
         self._node = Node("rtseg_demo_camera", context=self._context)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
@@ -94,11 +96,15 @@ class DemoClient:
     def spin_once(self, timeout_s: float) -> None:
         self._executor.spin_once(timeout_sec=timeout_s)
 
-    def run(self, duration_s: float, echo: Callable[[str], None]) -> None:
-        """Publish for ``duration_s``, printing statistics every second, then drain the outputs."""
+    def run(self, duration_s: float, echo: Callable[[str], None], check: Callable[[], None] = lambda: None) -> None:
+        """Publish for ``duration_s``, printing statistics every second, then drain the outputs.
+
+        ``check`` is called on every turn of the loop and may raise to end the run (node gone).
+        """
         start = time.monotonic()
         next_frame = last_report = start
         while (now := time.monotonic()) < start + duration_s:
+            check()
             if now >= next_frame:
                 self._publish_frame()
                 # Skip missed ticks rather than bursting to catch up.

@@ -23,6 +23,7 @@ Every output carries the input frame's header. The node only wires: decoding is
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
@@ -35,6 +36,7 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -324,14 +326,21 @@ def _engine_error_message(config: SegmenterConfig, error: Exception) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until shutdown (console script ``segmentation_node``; takes ``--ros-args``)."""
-    rclpy.init(args=args)
+    """Run the node until SIGINT or SIGTERM (console script ``segmentation_node``; takes ``--ros-args``)."""
+    # rclpy's own handlers would invalidate the context at once, under a frame still being
+    # published; as KeyboardInterrupt the signals stop the worker first, then ROS.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (shell `&`)
+        signal.signal(signum, signal.default_int_handler)
     try:
         node = SegmentationNode()
     except StartupError as exc:
         get_logger(NODE_NAME).fatal(str(exc))
         rclpy.try_shutdown()
         return 2
+    except KeyboardInterrupt:  # stopped while the engine was being built
+        rclpy.try_shutdown()
+        return 0
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
