@@ -81,7 +81,7 @@ def test_weights_default_to_the_toy_model_else_a_loud_warning(tmp_path: Path, mo
     toy = tmp_path / "synthetic_toy.pth"
     monkeypatch.setattr(demo, "TOY_WEIGHTS", toy)
     weights, note = choose_weights(None)
-    assert weights is None and "UNTRAINED" in note
+    assert weights is None and note == "UNTRAINED random weights"
     toy.write_bytes(b"stand-in")
     weights, note = choose_weights(None)
     assert weights == str(toy) and "TOY model" in note
@@ -132,10 +132,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
                "--input-size", "64x128", "--frame-size", "64x128", "--out", str(out), "--video"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "UNTRAINED" in run.stdout
+    assert demo.UNTRAINED_WARNING in run.stdout and "came from UNTRAINED random weights" in run.stdout
     lines = [line for line in run.stdout.splitlines() if "segmented" in line and "latency" in line]
     assert len(lines) >= 3, run.stdout
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights"] == "" and summary["weights_note"] == "UNTRAINED random weights"
     assert summary["frames_published"] >= 10 and 0 < summary["frames_segmented"] <= summary["frames_published"]
     assert summary["latency_p50_ms"] > 0
     overlay = cv2.imread(str(out / "overlay.png"))

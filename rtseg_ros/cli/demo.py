@@ -60,6 +60,8 @@ def demo(source: str, weights: str | None, config: str, model: str | None, input
         f"published {summary.frames_published} frames, segmented {summary.frames_segmented}, "
         f"dropped by the node {summary.frames_dropped_by_node}; latency p50 {summary.latency_p50_ms:.0f} ms, "
         f"p95 {summary.latency_p95_ms:.0f} ms")
+    if not summary.weights:
+        click.echo("(the labels came from UNTRAINED random weights: they show speed, not segmentation)")
     if summary.overlay_png:
         click.echo(f"overlay: {summary.overlay_png}")
     if summary.overlay_video:

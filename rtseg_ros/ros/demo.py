@@ -29,6 +29,7 @@ __all__ = [
     "DemoSettings",
     "DemoSummary",
     "TOY_WEIGHTS",
+    "UNTRAINED_WARNING",
     "IMAGE_TOPIC",
     "package_file",
     "loopback_dds_environment",
@@ -111,12 +112,12 @@ class DemoSummary:
 def package_file(relative: str) -> Path:
     """A file of the package's share folder (``config/...``), installed or in the source tree."""
     try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        from ament_index_python.packages import get_package_share_directory
 
         installed = Path(get_package_share_directory("rtseg_ros")) / relative
         if installed.exists():
             return installed
-    except (ImportError, OSError, LookupError, PackageNotFoundError):
+    except (ImportError, OSError, LookupError):  # no ament, no AMENT_PREFIX_PATH, or not installed there
         pass
     # pip and editable installs do not install data files where ament looks; use the checkout.
     return Path(__file__).resolve().parents[2] / relative
@@ -221,7 +222,7 @@ def choose_weights(weights: str | None) -> tuple[str | None, str]:
         return str(TOY_WEIGHTS), (
             f"TOY model {TOY_WEIGHTS} (trained on synthetic scenes only: fine for the built-in scenes, "
             "meaningless on real images)")
-    return None, UNTRAINED_WARNING
+    return None, "UNTRAINED random weights"
 
 
 def node_command(settings: DemoSettings, weights: str | None) -> list[str]:
@@ -269,12 +270,12 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         raise DemoError("rate and duration must be positive")
     frames = frame_source(settings)
     weights, note = choose_weights(settings.weights)
-    echo(note)
+    echo(UNTRAINED_WARNING if weights is None else note)
     os.environ.update(loopback_dds_environment(os.environ))
     out_dir = settings.out_dir.expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     command = node_command(settings, weights)
-    summary = DemoSummary(weights=weights or "", weights_note=note.strip("!\n "), node_command=command,
+    summary = DemoSummary(weights=weights or "", weights_note=note, node_command=command,
                           node_log=str(out_dir / "node.log"))
 
     # Imported here so that `rtseg demo --help` and the settings checks above need no ROS.
