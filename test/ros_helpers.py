@@ -149,7 +149,8 @@ class Client:
                 return msg
         return None
 
-    def send_and_collect(self, topic: str, msg: Any, outputs: Iterable[str], node: NodeProcess | None = None) -> list[Any]:
+    def send_and_collect(self, topic: str, msg: Any, outputs: Iterable[str],
+                         node: NodeProcess | None = None) -> list[Any]:
         """Publish ``msg`` (its header stamp must be unique) and return its output on each topic."""
         outputs = list(outputs)
         self.publisher(topic, type(msg)).publish(msg)

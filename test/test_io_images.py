@@ -106,7 +106,8 @@ def test_mono16_keeps_the_high_byte(bigendian: bool) -> None:
     np.testing.assert_array_equal(image[..., 0], (values >> 8).astype(np.uint8))
 
 
-@pytest.mark.parametrize("encoding,layout", [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")])
+@pytest.mark.parametrize(
+    "encoding,layout", [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")])
 def test_yuv422_layouts_decode_to_the_source_colours(encoding: str, layout: str) -> None:
     # Pixel pairs share chroma, so a scene of 2-pixel-wide constant blocks survives exactly up to rounding.
     rgb = np.repeat(make_scene(5, 32, 32)[0][:, ::2], 2, axis=1)
@@ -222,7 +223,8 @@ def test_array_to_image_fields_round_trip(array_: np.ndarray, encoding: str) -> 
     np.testing.assert_array_equal(restored, array_)
     if encoding in SUPPORTED_ENCODINGS:
         decoded, _ = image_msg_to_array(SimpleNamespace(**fields))
-        expected = array_ if array_.ndim == 3 else np.repeat((array_ >> 8 if array_.dtype == np.uint16 else array_)[..., None], 3, 2)
+        grey = (array_ >> 8).astype(np.uint8) if array_.dtype == np.uint16 else array_
+        expected = array_ if array_.ndim == 3 else np.repeat(grey[..., None], 3, 2)
         np.testing.assert_array_equal(decoded, expected)
 
 

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ros_helpers import LATCHED, REPO, STARTUP_TIMEOUT_S, Client, NodeProcess, String, node_command, write_random_checkpoint
+from ros_helpers import (
+    LATCHED,
+    REPO,
+    STARTUP_TIMEOUT_S,
+    Client,
+    NodeProcess,
+    String,
+    node_command,
+    write_random_checkpoint,
+)
 from rtseg_ros.ros.parameters import PARAMETERS, segmenter_config
 
 pytestmark = pytest.mark.ros
@@ -49,7 +58,8 @@ def test_config_sets_declared_parameters_with_their_types(path: Path) -> None:
 def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, dict[str, NodeProcess]]]:
     """One node per config file, all started at once, each in its own namespace."""
     logs = tmp_path_factory.mktemp("config_logs")
-    nodes = {path.stem: NodeProcess(node_command(f"/{path.stem}", CPU_OVERRIDES, params_file=path), logs / f"{path.stem}.log")
+    nodes = {path.stem: NodeProcess(node_command(f"/{path.stem}", CPU_OVERRIDES, params_file=path),
+                                    logs / f"{path.stem}.log")
              for path in CONFIGS}
     client = Client("rtseg_config_test")
     for name in nodes:
@@ -83,7 +93,8 @@ def test_missing_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> Non
     missing = tmp_path / "no_such_weights.pth"
     code, log = _exit(node_command("/missing", {"weights": str(missing)}), tmp_path / "node.log")
     assert code == 2
-    assert str(missing) in log and "not found" in log and "set 'weights' to '' to run with untrained random weights" in log
+    assert str(missing) in log and "not found" in log
+    assert "set 'weights' to '' to run with untrained random weights" in log
     assert "Traceback" not in log
 
 

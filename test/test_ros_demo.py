@@ -14,7 +14,14 @@ import pytest
 
 from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.ros import demo
-from rtseg_ros.ros.demo import DemoError, DemoSettings, frame_source, loopback_dds_environment, node_command, choose_weights
+from rtseg_ros.ros.demo import (
+    DemoError,
+    DemoSettings,
+    choose_weights,
+    frame_source,
+    loopback_dds_environment,
+    node_command,
+)
 
 
 def _take(settings: DemoSettings, count: int) -> list[tuple[np.ndarray, str]]:

@@ -96,7 +96,8 @@ def segment(client: Client, nodes: dict[str, NodeProcess], msg: Image, ns: str =
 
 
 def test_outputs_carry_the_input_header(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
-    info = CameraInfo(header=make_header(), height=FRAME_SIZE[0], width=FRAME_SIZE[1], k=[50.0, 0, 60, 0, 50, 36, 0, 0, 1])
+    info = CameraInfo(header=make_header(), height=FRAME_SIZE[0], width=FRAME_SIZE[1],
+                      k=[50.0, 0, 60, 0, 50, 36, 0, 0, 1])
     client.wait_for_subscriber(f"{RAW}/camera_info", CameraInfo, nodes[RAW])
     client.publisher(f"{RAW}/camera_info", CameraInfo).publish(info)
     client.spin_for(0.3)  # camera_info and image are separate topics: let the info land first
@@ -161,7 +162,8 @@ def test_every_encoding_matches_its_rgb8_equivalent(client: Client, nodes: dict[
 def test_compressed_input_matches_rgb8(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
     bgr = np.ascontiguousarray(scene[..., ::-1])
     _, png = cv2.imencode(".png", bgr)
-    from_png = segment(client, nodes, CompressedImage(header=make_header(), format="png", data=png.tobytes()), COMPRESSED)
+    from_png = segment(client, nodes, CompressedImage(header=make_header(), format="png", data=png.tobytes()),
+                       COMPRESSED)
     np.testing.assert_array_equal(from_png, segment(client, nodes, image_msg(scene, "rgb8")))
 
     # JPEG is lossy: the equivalent rgb8 frame is the decoded JPEG.

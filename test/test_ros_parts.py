@@ -206,7 +206,8 @@ def test_invalid_parameters_are_rejected_with_a_reason(change: dict, reason: str
 
 def test_descriptors_carry_ranges_and_choices() -> None:
     width = PARAMETERS["input_width"].descriptor("input_width")
-    assert (width.integer_range[0].from_value, width.integer_range[0].to_value, width.integer_range[0].step) == (32, 8192, 32)
+    (width_range,) = width.integer_range
+    assert (width_range.from_value, width_range.to_value, width_range.step) == (32, 8192, 32)
     assert "atonet" in PARAMETERS["model"].descriptor("model").additional_constraints
     assert PARAMETERS["qos_depth"].descriptor("qos_depth").read_only
     alpha = PARAMETERS["overlay_alpha"].descriptor("overlay_alpha").floating_point_range[0]

@@ -287,7 +287,8 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
         node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
                                 start_new_session=True)
         try:
-            with DemoClient(IMAGE_TOPIC, frames, settings.rate_hz, video=out_dir / "overlay.mp4" if settings.video else None) as client:
+            video = out_dir / "overlay.mp4" if settings.video else None
+            with DemoClient(IMAGE_TOPIC, frames, settings.rate_hz, video=video) as client:
                 _wait_for_node(client, node, settings.startup_timeout_s, summary.node_log)
                 echo(f"node ready: {client.label_info_text}")
                 try:

@@ -68,7 +68,8 @@ class DemoClient:
         self._node_values: dict[str, str] = {}
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._camera = self._node.create_publisher(Image, image_topic, reliable)
         node = self._node
         node.create_subscription(Image, "/segmentation/labels", self._on_labels, 10)

@@ -105,7 +105,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "input", "Size of the published labels: 'input' (the camera frame's) or 'network' (the input_* size).",
         choices=OUTPUT_RESOLUTIONS, rebuilds_engine=True),
     "engine_cache_dir": ParameterSpec(
-        "", "Folder for exported/compiled engines. Empty: $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros.", rebuilds_engine=True),
+        "", "Folder for exported/compiled engines. Empty: $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros.",
+        rebuilds_engine=True),
     "confidence_encoding": ParameterSpec(
         "32FC1", "Encoding of the confidence image: 32FC1 (probability) or mono8 (probability x 255).",
         choices=("32FC1", "mono8")),

@@ -59,8 +59,15 @@ try:  # vision_msgs is optional: the JSON label_info stands in where it is missi
 except ImportError:
     LabelInfo = VisionClass = None
 
-__all__ = ["SegmentationNode", "StartupError", "LABEL_INFO_FORMAT", "diagnostic_name", "label_info", "scale_camera_info",
-           "main"]
+__all__ = [
+    "LABEL_INFO_FORMAT",
+    "SegmentationNode",
+    "StartupError",
+    "diagnostic_name",
+    "label_info",
+    "main",
+    "scale_camera_info",
+]
 
 LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
 NODE_NAME = "segmentation_node"
@@ -111,9 +118,11 @@ class SegmentationNode(Node):
         self._camera_info: CameraInfo | None = None
         self._stats = FrameStatistics()
 
-        reliability = ReliabilityPolicy.RELIABLE if values["qos_reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
-        qos = QoSProfile(depth=values["qos_depth"], reliability=reliability)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        reliable = values["qos_reliability"] == "reliable"
+        qos = QoSProfile(depth=values["qos_depth"],
+                         reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._labels_pub = self.create_publisher(Image, "segmentation/labels", qos)
         self._confidence_pub = self.create_publisher(Image, "segmentation/confidence", qos)
         self._overlay_pub = self.create_publisher(Image, "segmentation/overlay", qos)
@@ -160,8 +169,8 @@ class SegmentationNode(Node):
 
     def _on_engine_swapped(self, config: SegmenterConfig) -> None:
         self.get_logger().info(
-            f"now serving {config.model} {config.backend}/{config.precision} at {config.input_height}x{config.input_width}, "
-            f"scales {list(config.scales)}")
+            f"now serving {config.model} {config.backend}/{config.precision} at "
+            f"{config.input_height}x{config.input_width}, scales {list(config.scales)}")
         self._publish_label_info(config)
 
     def _on_engine_failed(self, config: SegmenterConfig, error: Exception) -> None:
@@ -270,7 +279,8 @@ class SegmentationNode(Node):
         }
         status = diagnostic_status(diagnostic_name(self.get_fully_qualified_name()), self._stats.report(), engine,
                                    self._engine.state, self._engine.last_error)
-        self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self._diagnostics_pub.publish(DiagnosticArray(header=header, status=[status]))
 
 
 def diagnostic_name(node_path: str) -> str:
