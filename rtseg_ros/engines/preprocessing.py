@@ -1,4 +1,4 @@
-"""Frame preprocessing and logits postprocessing, done on the inference device.
+"""Frame preprocessing and labels/confidence from logits, done on the inference device.
 
 Preprocessing matches the authors' evaluation: RGB, scaled to [0, 1] and normalised with the
 ImageNet mean and std, resized with bilinear interpolation on pixel centres and no antialiasing
@@ -123,5 +123,5 @@ def labels_and_confidence(logits: torch.Tensor, want_confidence: bool) -> tuple[
 
 
 def to_host(tensor: torch.Tensor) -> np.ndarray:
-    """One download (no copy on CPU)."""
-    return tensor.cpu().numpy() if tensor.device.type != "cpu" else tensor.numpy()
+    """One download (``cpu()`` returns the tensor itself on CPU, so no copy there)."""
+    return tensor.cpu().numpy()
