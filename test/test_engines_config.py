@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,33 @@ def test_state_dict_hash_tells_random_draws_apart():
     second = torch.nn.Conv2d(3, 4, 3)
     assert state_dict_sha256(first) == state_dict_sha256(first)
     assert state_dict_sha256(first) != state_dict_sha256(second)
+
+
+def test_calibration_frames_from_a_folder_and_a_bag(tmp_path):
+    import cv2
+
+    from rtseg_ros.datasets.synthetic import make_scene
+    from rtseg_ros.engines.calibration import CalibrationDataError, iter_calibration_frames
+    from rtseg_ros.io.bags import write_frames
+
+    images = [make_scene(seed, 48, 64)[0] for seed in range(3)]
+    folder = tmp_path / "frames" / "nested"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i}.png"), image[..., ::-1])
+    (folder / "notes.txt").write_text("not an image")
+    frames = list(iter_calibration_frames(tmp_path / "frames", limit=2))
+    assert len(frames) == 2 and all(order == "bgr" for _, order in frames)
+    np.testing.assert_array_equal(frames[0][0][..., ::-1], images[0])
+
+    bag = tmp_path / "bag"
+    write_frames(bag, [(image, None, None) for image in images])
+    from_bag = list(iter_calibration_frames(bag, limit=10))
+    assert len(from_bag) == 3
+    image, order = from_bag[1]
+    np.testing.assert_array_equal(image if order == "rgb" else image[..., ::-1], images[1])
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CalibrationDataError, match="no readable frames"):
+        list(iter_calibration_frames(empty, limit=4))
