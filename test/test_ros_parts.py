@@ -11,6 +11,7 @@ pytest.importorskip("rclpy", reason="the node's parts use ROS message types (pip
 
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import CameraInfo  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from rtseg_ros.datasets.labels import CAMVID, CITYSCAPES  # noqa: E402
 from rtseg_ros.engines import SegmenterConfig  # noqa: E402
@@ -227,14 +228,19 @@ def test_config_maps_back_to_the_engine_parameters() -> None:
 
 def test_camera_info_is_scaled_to_the_label_size() -> None:
     info = CameraInfo(width=640, height=480, k=[500.0, 0, 320, 0, 400, 240, 0, 0, 1],
-                      p=[500.0, 0, 320, 10, 0, 400, 240, 0, 0, 0, 1, 0])
+                      p=[500.0, 0, 320, 10, 0, 400, 240, 0, 0, 0, 1, 0], distortion_model="plumb_bob", d=[0.1] * 5)
     info.roi.x_offset, info.roi.width, info.roi.y_offset, info.roi.height = 64, 320, 48, 240
-    scaled = scale_camera_info(info, width=320, height=120)
-    assert (scaled.width, scaled.height) == (320, 120)
+    header = Header(frame_id="camera")
+    scaled = scale_camera_info(info, width=320, height=120, header=header)
+    assert (scaled.width, scaled.height, scaled.header.frame_id) == (320, 120, "camera")
     assert list(scaled.k) == [250.0, 0, 160, 0, 100, 60, 0, 0, 1]
     assert list(scaled.p) == [250.0, 0, 160, 5, 0, 100, 60, 0, 0, 0, 1, 0]
     assert (scaled.roi.x_offset, scaled.roi.width, scaled.roi.y_offset, scaled.roi.height) == (32, 160, 12, 60)
-    assert scale_camera_info(info, 640, 480) is info
+    assert scaled.distortion_model == "plumb_bob" and list(scaled.d) == [0.1] * 5
+    # The cached input is reused for later frames: it must stay as it was.
+    assert (info.width, info.k[0], info.roi.x_offset, info.roi.width) == (640, 500.0, 64, 320)
+    same = scale_camera_info(info, 640, 480, header)
+    assert same is not info and list(same.k) == list(info.k) and same.roi.width == 320
 
 
 def test_overlay_blends_palette_colours_over_the_frame() -> None:

@@ -38,7 +38,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header, String
 
 from rtseg_ros.engines import Segmenter, SegmenterConfig
@@ -79,22 +79,24 @@ class StartupError(RuntimeError):
     """The node cannot start with its parameters; the message says what to change."""
 
 
-def scale_camera_info(info: CameraInfo, width: int, height: int) -> CameraInfo:
-    """``info`` for the same camera resampled to ``width`` x ``height`` (intrinsics and ROI scaled)."""
-    if info.width == width and info.height == height or not info.width or not info.height:
-        return info
-    sx, sy = width / info.width, height / info.height
+def scale_camera_info(info: CameraInfo, width: int, height: int, header: Header) -> CameraInfo:
+    """A new CameraInfo for ``info``'s camera resampled to ``width`` x ``height``, with ``header``.
+
+    Intrinsics, projection and ROI are scaled; ``info`` itself is left untouched (it is reused for
+    later frames).
+    """
+    sx = width / info.width if info.width else 1.0
+    sy = height / info.height if info.height else 1.0
     k = list(info.k)
     k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
     p = list(info.p)
     p[0], p[2], p[3], p[5], p[6] = p[0] * sx, p[2] * sx, p[3] * sx, p[5] * sy, p[6] * sy
-    scaled = CameraInfo(
-        header=info.header, height=height, width=width, distortion_model=info.distortion_model,
-        d=info.d, k=k, r=info.r, p=p, binning_x=info.binning_x, binning_y=info.binning_y, roi=info.roi,
-    )
-    scaled.roi.x_offset, scaled.roi.width = round(info.roi.x_offset * sx), round(info.roi.width * sx)
-    scaled.roi.y_offset, scaled.roi.height = round(info.roi.y_offset * sy), round(info.roi.height * sy)
-    return scaled
+    roi = RegionOfInterest(
+        x_offset=round(info.roi.x_offset * sx), y_offset=round(info.roi.y_offset * sy),
+        width=round(info.roi.width * sx), height=round(info.roi.height * sy), do_rectify=info.roi.do_rectify)
+    return CameraInfo(
+        header=header, height=height, width=width, distortion_model=info.distortion_model, d=info.d, k=k, r=info.r,
+        p=p, binning_x=info.binning_x, binning_y=info.binning_y, roi=roi)
 
 
 class SegmentationNode(Node):
@@ -241,9 +243,8 @@ class SegmentationNode(Node):
             self._overlay_pub.publish(Image(header=header, **array_to_image_fields(overlay, "rgb8")))
         camera_info = self._camera_info
         if camera_info is not None:
-            scaled = scale_camera_info(camera_info, width=labels.shape[1], height=labels.shape[0])
-            scaled.header = header
-            self._camera_info_pub.publish(scaled)
+            self._camera_info_pub.publish(
+                scale_camera_info(camera_info, width=labels.shape[1], height=labels.shape[0], header=header))
         latency = self.get_clock().now() - Time.from_msg(header.stamp)
         self._stats.frame_published(latency.nanoseconds * 1e-9)
 
