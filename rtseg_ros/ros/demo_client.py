@@ -30,6 +30,8 @@ __all__ = ["DemoClient"]
 CAMERA_FRAME_ID = "rtseg_demo_camera"
 # After the camera stops, outputs of frames still in flight are awaited this long at most.
 DRAIN_S = 2.0
+# A stalled node must not blow the video up: one overlay fills at most this many video frames.
+MAX_VIDEO_REPEATS = 50
 
 
 class DemoClient:
@@ -57,6 +59,7 @@ class DemoClient:
         self._video_path = video
         self._video: cv2.VideoWriter | None = None
         self.video_frames = 0
+        self._last_video_stamp: Time | None = None
         self.last_overlay: np.ndarray | None = None
         self.label_info_text = ""
         self._published = 0
@@ -160,8 +163,18 @@ class DemoClient:
             height, width = overlay.shape[:2]
             self._video = cv2.VideoWriter(str(self._video_path), cv2.VideoWriter_fourcc(*"mp4v"),
                                           1.0 / self._period, (width, height))
-        self._video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-        self.video_frames += 1
+        # The video runs at the camera rate: each overlay stands until the next one, so the video
+        # plays in real time whatever rate the node keeps up.
+        stamp = Time.from_msg(msg.header.stamp)
+        repeats = 1
+        if self._last_video_stamp is not None:
+            gap_s = (stamp - self._last_video_stamp).nanoseconds * 1e-9
+            repeats = min(max(1, round(gap_s / self._period)), MAX_VIDEO_REPEATS)
+        self._last_video_stamp = stamp
+        frame = cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)
+        for _ in range(repeats):
+            self._video.write(frame)
+        self.video_frames += repeats
 
     def _on_label_info(self, msg: object) -> None:
         if LabelInfo is not None and isinstance(msg, LabelInfo):
