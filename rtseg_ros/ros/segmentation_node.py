@@ -17,8 +17,10 @@ Every output carries the input frame's header. The node only wires: decoding is
     {"format": "rtseg_ros/label_info/1", "label_set": "cityscapes", "num_classes": 19,
      "ignore_index": 255, "classes": [{"id": 0, "name": "road", "color": [128, 64, 128]}, ...],
      "model": "mfaranet", "scales": [1, 2, 3, 4], "weights": "/path/or/empty", "weights_sha256": "...",
-     "output_resolution": "input",
-     "input_size": [512, 1024], "backend": "torch", "precision": "fp32", "device": "cpu"}
+     "input_size": [512, 1024], "output_resolution": "input", "backend": "torch", "precision": "fp32",
+     "device": "cpu"}
+
+``input_size`` is (height, width); ``weights_sha256`` identifies the random initial weights too.
 """
 from __future__ import annotations
 
@@ -248,7 +250,7 @@ class SegmentationNode(Node):
         latency = self.get_clock().now() - Time.from_msg(header.stamp)
         self._stats.frame_published(latency.nanoseconds * 1e-9)
 
-    def _publish_confidence(self, header: Any, confidence: np.ndarray) -> None:
+    def _publish_confidence(self, header: Header, confidence: np.ndarray) -> None:
         if self._confidence_encoding == "mono8":
             fields = array_to_image_fields(np.rint(confidence * 255.0).astype(np.uint8), "mono8")
         else:
