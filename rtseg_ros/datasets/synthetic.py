@@ -37,12 +37,16 @@ _BASE_COLORS: dict[int, tuple[int, int, int]] = {
 SYNTHETIC_CLASSES: tuple[str, ...] = tuple(CITYSCAPES.class_names[i] for i in sorted(_BASE_COLORS))
 
 
-def make_scene(seed: int, height: int = 256, width: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(seed: int, height: int = 256, width: int = 512, *,
+               min_object_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene.
 
     Args:
-        seed: the scene is a pure function of the seed and the size.
+        seed: the scene is a pure function of the seed, the size and ``min_object_width``.
         height, width: image size in pixels (at least 32x32).
+        min_object_width: narrowest width in pixels of poles and pedestrians (signs grow with their
+            poles). ``None``: ``width // 64``, at least 2. A larger value keeps the thin classes
+            learnable by a stride-4 network at small sizes (the training tests use it).
 
     Returns:
         ``(rgb, labels)``: an HxWx3 uint8 RGB image and an HxW uint8 map of Cityscapes train ids.
@@ -75,7 +79,7 @@ def make_scene(seed: int, height: int = 256, width: int = 512) -> tuple[np.ndarr
     lab[ground & (dist < half_walk)] = _C["sidewalk"]
     lab[ground & (dist < half_road)] = _C["road"]
 
-    min_w = max(2, width // 64)
+    min_w = max(2, width // 64) if min_object_width is None else max(1, int(min_object_width))
     # Poles with signs, on the sidewalks.
     for _ in range(rng.integers(1, 4)):
         base_y = int(rng.uniform(horizon + 0.1 * (height - horizon), height - 2))
