@@ -67,6 +67,8 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, 
     yield client, nodes
     client.close()
     for node in nodes.values():
+        node.request_stop()
+    for node in nodes.values():
         node.stop()
 
 

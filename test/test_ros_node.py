@@ -65,6 +65,8 @@ def nodes(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     }
     yield processes
     for process in processes.values():
+        process.request_stop()
+    for process in processes.values():
         process.stop()
 
 
