@@ -119,7 +119,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "raw", "Camera topic type: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage).",
         choices=("raw", "compressed"), read_only=True),
     "qos_reliability": ParameterSpec(
-        "best_effort", "Reliability of the camera subscription and the output topics.",
+        "best_effort", "Reliability of the camera subscription; best_effort takes both kinds of camera publisher. "
+        "The outputs are always reliable, which every subscriber accepts.",
         choices=("best_effort", "reliable"), read_only=True),
     "qos_depth": ParameterSpec(
         1, "History depth of the camera subscription and the output topics.", integer_range=(1, 100),

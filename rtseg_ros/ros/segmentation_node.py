@@ -122,15 +122,18 @@ class SegmentationNode(Node):
         self._camera_info: CameraInfo | None = None
         self._stats = FrameStatistics()
 
-        reliable = values["qos_reliability"] == "reliable"
-        qos = QoSProfile(depth=values["qos_depth"],
-                         reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        camera_reliability = (ReliabilityPolicy.RELIABLE if values["qos_reliability"] == "reliable"
+                              else ReliabilityPolicy.BEST_EFFORT)
+        camera_qos = QoSProfile(depth=values["qos_depth"], reliability=camera_reliability)
+        # Reliable outputs match reliable and best-effort subscribers alike (RViz, message_filters);
+        # with keep-last history a slow subscriber never blocks the node.
+        output_qos = QoSProfile(depth=values["qos_depth"], reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._labels_pub = self.create_publisher(Image, "segmentation/labels", qos)
-        self._confidence_pub = self.create_publisher(Image, "segmentation/confidence", qos)
-        self._overlay_pub = self.create_publisher(Image, "segmentation/overlay", qos)
-        self._camera_info_pub = self.create_publisher(CameraInfo, "segmentation/camera_info", qos)
+        self._labels_pub = self.create_publisher(Image, "segmentation/labels", output_qos)
+        self._confidence_pub = self.create_publisher(Image, "segmentation/confidence", output_qos)
+        self._overlay_pub = self.create_publisher(Image, "segmentation/overlay", output_qos)
+        self._camera_info_pub = self.create_publisher(CameraInfo, "segmentation/camera_info", output_qos)
         self._label_info_pub = self.create_publisher(
             LabelInfo if LabelInfo is not None else String, "segmentation/label_info", latched)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -147,11 +150,11 @@ class SegmentationNode(Node):
 
         if values["input_transport"] == "compressed":
             self._decode = compressed_msg_to_array
-            self.create_subscription(CompressedImage, "image", self._on_image, qos)
+            self.create_subscription(CompressedImage, "image", self._on_image, camera_qos)
         else:
             self._decode = image_msg_to_array
-            self.create_subscription(Image, "image", self._on_image, qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+            self.create_subscription(Image, "image", self._on_image, camera_qos)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, camera_qos)
         self.add_on_set_parameters_callback(self._validate_parameter_change)
         self.add_post_set_parameters_callback(self._apply_parameter_change)
         self.create_timer(1.0, self._publish_diagnostics)
