@@ -291,6 +291,8 @@ def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dic
     assert all(r.successful for r in results), [r.reason for r in results]
     info = swapped()
     assert info["input_size"] == [64, 96] and info["output_resolution"] == "network"
+    # The swap replaced the engine only: the node's camera subscription is the one it always had.
+    assert client.publisher(f"{RAW}/image", Image).get_subscription_count() == 1
     header = make_header()
     labels, camera_info = client.send_and_collect(
         f"{RAW}/image", image_msg(scene, "rgb8", header),
