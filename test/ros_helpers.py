@@ -196,6 +196,20 @@ class Client:
                 for status in msg.status if status.name == diagnostic_name(node_path)]
 
 
+def label_info_type() -> type:
+    """The message type the node publishes label_info as on this machine."""
+    from rtseg_ros.ros.segmentation_node import LabelInfo
+
+    return LabelInfo if LabelInfo is not None else String
+
+
+def label_info_json(msg: Any) -> dict[str, Any]:
+    """The JSON label_info document; skips the test where the node publishes vision_msgs/LabelInfo."""
+    if not isinstance(msg, String):
+        pytest.skip("vision_msgs is installed, so label_info is vision_msgs/LabelInfo, not the JSON document")
+    return json.loads(msg.data)
+
+
 _stamp_counter = [0]
 
 
@@ -231,5 +245,6 @@ def labels_of(msg: Image) -> np.ndarray:
 
 __all__ = [
     "CameraInfo", "Client", "CompressedImage", "DiagnosticArray", "Image", "LATCHED", "NodeProcess", "ParameterMsg",
-    "String", "image_msg", "labels_of", "make_header", "node_command", "raw_image_msg", "write_random_checkpoint",
+    "String", "image_msg", "label_info_json", "label_info_type", "labels_of", "make_header", "node_command",
+    "raw_image_msg", "write_random_checkpoint",
 ]

@@ -1,7 +1,6 @@
 """Every parameter file in config/ starts the real node; bad weights stop it with a clear error."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from ros_helpers import (
     STARTUP_TIMEOUT_S,
     Client,
     NodeProcess,
-    String,
+    label_info_json,
+    label_info_type,
     node_command,
     write_random_checkpoint,
 )
@@ -63,7 +63,7 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, 
              for path in CONFIGS}
     client = Client("rtseg_config_test")
     for name in nodes:
-        client.subscribe(f"/{name}/segmentation/label_info", String, LATCHED)
+        client.subscribe(f"/{name}/segmentation/label_info", label_info_type(), LATCHED)
     yield client, nodes
     client.close()
     for node in nodes.values():
@@ -78,7 +78,7 @@ def test_node_starts_with_config(path: Path, started: tuple[Client, dict[str, No
     client, nodes = started
     topic = f"/{path.stem}/segmentation/label_info"
     client.wait_for(lambda: bool(client.messages(topic)), STARTUP_TIMEOUT_S, f"{path.name} to start", nodes[path.stem])
-    info = json.loads(client.messages(topic)[-1].data)
+    info = label_info_json(client.messages(topic)[-1])
     values = _parameters(path)
     assert info["model"] == values["model"] and info["label_set"] == values["label_set"]
     assert info["input_size"] == [CPU_OVERRIDES["input_height"], CPU_OVERRIDES["input_width"]]
