@@ -1,8 +1,8 @@
 """The segmentation node's parameters: declaration with descriptors, validation, SegmenterConfig.
 
 The table ``PARAMETERS`` is the single description of every parameter (default, meaning, allowed
-values); the node declares from it, validates against it, and the README's parameter table is
-written from it.
+values); the node declares from it and validates against it, and the README's parameter table
+follows it.
 """
 from __future__ import annotations
 
