@@ -31,7 +31,7 @@ def _take(settings: DemoSettings, count: int) -> list[tuple[np.ndarray, str]]:
 def test_synthetic_source_cycles_street_scenes() -> None:
     frames = _take(DemoSettings(frame_size=(64, 96)), demo.SYNTHETIC_SCENES + 1)
     assert all(image.shape == (64, 96, 3) and order == "rgb" for image, order in frames)
-    np.testing.assert_array_equal(frames[0][0], make_scene(0, 64, 96)[0])
+    np.testing.assert_array_equal(frames[0][0], make_scene(demo.SYNTHETIC_FIRST_SEED, 64, 96)[0])
     np.testing.assert_array_equal(frames[-1][0], frames[0][0])
 
 

@@ -44,6 +44,8 @@ TOY_WEIGHTS = Path("~/.cache/rtseg_ros/models/synthetic_toy.pth").expanduser()
 IMAGE_TOPIC = "/rtseg_demo/camera/image_raw"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 SYNTHETIC_SCENES = 8
+# Far from the seeds the synthetic training recipe draws from: the toy model meets new scenes.
+SYNTHETIC_FIRST_SEED = 100_000
 UNTRAINED_WARNING = (
     "!" * 78 + "\n"
     "!! NO WEIGHTS: the node runs UNTRAINED random weights. The labels and the overlay are noise;\n"
@@ -142,7 +144,8 @@ def frame_source(settings: DemoSettings) -> Iterator[tuple[np.ndarray, str]]:
     """
     if settings.source == "synthetic":
         height, width = settings.frame_size
-        scenes = [make_scene(seed, height, width)[0] for seed in range(SYNTHETIC_SCENES)]
+        seeds = range(SYNTHETIC_FIRST_SEED, SYNTHETIC_FIRST_SEED + SYNTHETIC_SCENES)
+        scenes = [make_scene(seed, height, width)[0] for seed in seeds]
         return itertools.cycle((scene, "rgb") for scene in scenes)
     path = Path(settings.source).expanduser()
     if not path.exists():
