@@ -207,6 +207,14 @@ def check_runtime(config: SegmenterConfig) -> None:
             if importlib.util.find_spec(module) is None:
                 raise ConfigError(
                     f"the onnxruntime backend needs {module}, which is not installed; pip install 'rtseg_ros[onnx]'")
+        if config.is_cuda:
+            import onnxruntime
+
+            providers = onnxruntime.get_available_providers()
+            if not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(providers):
+                raise ConfigError(
+                    f"onnxruntime on {config.device} needs the CUDA or TensorRT execution provider, but this "
+                    f"onnxruntime has only {sorted(providers)}; install onnxruntime-gpu or use device='cpu'")
     if config.weights is not None and not Path(config.weights).expanduser().is_file():
         raise ConfigError(f"weights file not found: {config.weights}")
     if config.calibration_data is not None and not Path(config.calibration_data).expanduser().exists():

@@ -61,7 +61,7 @@ class Segmenter:
 
     Construction validates the settings (:class:`~rtseg_ros.engines.ConfigError` on a bad
     combination or a missing capability), loads the weights and builds (or loads from the cache)
-    the engine. ``segment`` is then safe to call per frame; it is not thread-safe.
+    the engine. ``segment`` may then be called for every frame, from one thread at a time.
 
     Attributes:
         config: the validated settings.
