@@ -107,6 +107,6 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
     click.echo("")
     click.echo(format_table(rows) if rows else "no rows could run on this machine")
     if json_path:
-        command = "rtseg bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "rtseg bench"
+        command = " ".join(["rtseg bench", *(shlex.quote(a) for a in sys.argv[2:])])
         write_report(json_path, rows, skipped, settings, command)
         click.echo(f"wrote {json_path}")

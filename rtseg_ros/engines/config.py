@@ -109,7 +109,8 @@ class SegmenterConfig:
                 raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
             # Labels are published as uint8 and 255 is the ignore value.
             if self.num_classes >= IGNORE_INDEX:
-                raise ConfigError(f"num_classes must be below {IGNORE_INDEX} to fit uint8 labels, got {self.num_classes}")
+                raise ConfigError(
+                    f"num_classes must be below {IGNORE_INDEX} to fit uint8 labels, got {self.num_classes}")
             if self.num_classes != label_set.num_classes:
                 raise ConfigError(
                     f"num_classes={self.num_classes} does not match label set {label_set.name!r} "
@@ -146,7 +147,8 @@ class SegmenterConfig:
         except ValueError as exc:
             raise ConfigError(f"unknown scale setting: {exc}") from None
         if self.model == "atonet" and scales != ALL_SCALES:
-            raise ConfigError("scales select MFARANet stages; atonet has none, leave scales at the default (1, 2, 3, 4)")
+            raise ConfigError(
+                "scales select MFARANet stages; atonet has none, leave scales at the default (1, 2, 3, 4)")
         self.scales = scales
 
     def _validate_backend_combination(self) -> None:
@@ -191,7 +193,8 @@ def check_runtime(config: SegmenterConfig) -> None:
                 f"(torch {torch.__version__}); use device='cpu'")
         index = int(config.device.split(":")[1]) if ":" in config.device else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device {config.device!r} does not exist; {torch.cuda.device_count()} CUDA device(s) found")
+            raise ConfigError(
+                f"device {config.device!r} does not exist; {torch.cuda.device_count()} CUDA device(s) found")
     if config.backend == "tensorrt" and importlib.util.find_spec("torch_tensorrt") is None:
         raise ConfigError(
             "the tensorrt backend needs CUDA and torch_tensorrt, which is not installed; "
