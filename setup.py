@@ -21,7 +21,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["py.typed"]},
+    package_data={PACKAGE: ["py.typed", "training/recipes/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -39,15 +39,15 @@ setup(
         "tqdm>=4.60",
         "rosbags>=0.10",
         "rosbags-image[opencv-headless]>=0.9",
+        "matplotlib>=3.7",  # the evaluator's confusion heatmap
     ],
     extras_require={
         "ros": ROS,
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # Only meaningful on a CUDA machine; torch-tensorrt 2.13 pairs with torch 2.13.
         "tensorrt": ["torch-tensorrt==2.13.0"],
-        "eval": ["matplotlib>=3.7"],
         "train": ["tensorboard>=2.14"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "cityscapesscripts>=2.2", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "cityscapesscripts>=2.2"],
     },
     zip_safe=True,
     maintainer="rtseg_ros maintainers",
