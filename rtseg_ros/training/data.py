@@ -44,6 +44,8 @@ class _SegmentationDataset(Dataset):
     """
 
     def __init__(self, transform: PairTransform | None, resize: tuple[int, int] | None, seed: int) -> None:
+        if transform is not None and resize is not None:
+            raise ValueError("resize is for validation inputs; training sizes come from the augmentation's crop")
         self.transform = transform
         self.resize = resize
         self.seed = seed

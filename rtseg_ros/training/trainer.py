@@ -240,14 +240,11 @@ class Trainer:
         cfg = self.recipe
         train = cfg["train"]
         self.stop_after = stop_after
-        if train["threads"]:
-            torch.set_num_threads(int(train["threads"]))
         wanted = train["device"]
         kind = "cuda" if (wanted == "auto" and torch.cuda.is_available()) or str(wanted).startswith("cuda") else "cpu"
-        if train["deterministic"]:
-            if kind == "cuda":
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+        if train["deterministic"] and kind == "cuda":
+            # Must be set before cuBLAS is first used.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.context = init_distributed(kind)
         self.device = _select_device(wanted, self.context)
         if self.device.type == "cuda":
@@ -486,7 +483,23 @@ class Trainer:
             self._save_weights(self.output_dir / BEST_FILE)
 
     def fit(self) -> TrainResult:
-        """Run (or continue) training to the end of the schedule, or to ``stop_after`` iterations."""
+        """Run (or continue) training to the end of the schedule, or to ``stop_after`` iterations.
+
+        ``train.threads`` and ``train.deterministic`` are process-wide torch settings: they hold during
+        the run and are put back afterwards.
+        """
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        train = self.recipe["train"]
+        if train["threads"]:
+            torch.set_num_threads(int(train["threads"]))
+        torch.use_deterministic_algorithms(bool(train["deterministic"]) or deterministic)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
+
+    def _fit(self) -> TrainResult:
         started = time.monotonic()
         cfg = self.recipe
         if self.context.is_main:
