@@ -249,3 +249,21 @@ def test_truncated_checkpoints_stop_before_training(tmp_path):
     with pytest.raises(CheckpointError, match="not a resume checkpoint"):
         Trainer(_tiny_recipe(tmp_path), resume=good)
     assert not (tmp_path / "run").exists()
+
+
+def test_fine_tuning_to_another_class_count_reinitialises_and_names_the_heads(tmp_path, caplog):
+    from rtseg_ros.nets import build_model, save_weights
+
+    torch.manual_seed(1)
+    source = build_model("atonet", 19, training_heads=True)
+    path = save_weights(source, tmp_path / "cityscapes.pth", model_name="atonet", label_set="cityscapes")
+    # Cityscapes weights -> the 11 CamVid classes (the synthetic scenes regrouped into CamVid ids).
+    with caplog.at_level("INFO", logger="rtseg_ros.training.trainer"):
+        trainer = Trainer(_tiny_recipe(tmp_path, "model.label_set=camvid", f"init.weights={path}"))
+    assert trainer.num_classes == 11
+    message = next(r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage())
+    assert "19 classes" in message and "to 11 classes" in message and "classifier" in message
+    state, original = trainer.model.state_dict(), source.state_dict()
+    assert torch.equal(state["encoder.conv1.weight"], original["encoder.conv1.weight"])
+    reinitialised = [k for k in state if state[k].shape != original[k].shape]
+    assert reinitialised and all(k in message for k in reinitialised)
