@@ -193,7 +193,7 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_loader_worker(worker_id: int) -> None:
     # OpenCV's own thread pool inside every loader worker oversubscribes the CPU.
     import cv2
 
@@ -392,7 +392,7 @@ class Trainer:
         # mid-epoch would draw different dropout masks from the uninterrupted one.
         generator = torch.Generator().manual_seed(int(self.recipe["train"]["seed"]) + epoch)
         return DataLoader(self.train_set, batch_size=self.batch_per_process, sampler=sampler, num_workers=workers,
-                          drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=_seed_worker,
+                          drop_last=True, pin_memory=self.device.type == "cuda", worker_init_fn=_init_loader_worker,
                           generator=generator, persistent_workers=False)
 
     def _train_step(self, images: Tensor, labels: Tensor) -> tuple[float, dict[str, float]]:
