@@ -110,7 +110,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, recipe: dict, out_dir: st
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_on_cpu(tmp_path):
-    recipe = _recipe(tmp_path / "run", "model.name=atonet", "train.batch_size=4", "train.iterations=2",
+    recipe = _recipe(tmp_path / "run", "model.name=atonet", "train.batch_size=4", "train.iterations=3",
                      "data.synthetic.train_count=8", "data.synthetic.val_count=2", "data.synthetic.height=32",
                      "data.synthetic.width=64", "augment.crop=[32, 64]", "train.threads=1")
     mp.spawn(_ddp_worker, args=(2, _free_port(), recipe, str(tmp_path)), nprocs=2, join=True)

@@ -104,14 +104,24 @@ class TrainResult:
 
 
 class _TrainingForward(nn.Module):
-    """Routes ``forward`` to ``forward_train``: DistributedDataParallel only synchronises ``forward``."""
+    """``forward(images, labels) -> (loss, parts)``: the model's ``forward_train`` followed by the loss.
 
-    def __init__(self, model: nn.Module) -> None:
+    DistributedDataParallel only synchronises ``forward``, and it finds the parameters that get no
+    gradient (ATONet's auxiliary classifiers the loss leaves out) by walking back from what
+    ``forward`` returns: so the loss, not the logits, is returned.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.criterion = criterion
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return self.model.forward_train(images)
+    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, float]]:
+        outputs = self.model.forward_train(images)
+        # The loss in float32, outside autocast: softmax over fp16 logits loses the small probabilities
+        # OHEM ranks.
+        with torch.autocast(images.device.type, enabled=False):
+            return self.criterion({k: v.float() for k, v in outputs.items()}, labels)
 
 
 class _ScheduleFactor:
@@ -278,7 +288,8 @@ class Trainer:
 
         torch.manual_seed(int(train["seed"]))
         self.model = self._build_model(resume_state is None)
-        training_module: nn.Module = _TrainingForward(self.model)
+        self.criterion = build_loss(model_cfg["name"], self.num_classes, cfg["loss"])
+        training_module: nn.Module = _TrainingForward(self.model, self.criterion)
         if self.context.distributed:
             if self.device.type == "cuda" and train["sync_bn"]:
                 training_module = nn.SyncBatchNorm.convert_sync_batchnorm(training_module)
@@ -288,7 +299,6 @@ class Trainer:
                 training_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
         self.training_module = training_module
-        self.criterion = build_loss(model_cfg["name"], self.num_classes, cfg["loss"])
         self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
             _ScheduleFactor(cfg["optim"]["schedule"], self.total_iterations, self.iterations_per_epoch, self.epochs,
@@ -399,9 +409,7 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            outputs = self.training_module(images)
-        # The loss in float32: softmax over fp16 logits loses the small probabilities OHEM ranks.
-        loss, parts = self.criterion({k: v.float() for k, v in outputs.items()}, labels)
+            loss, parts = self.training_module(images, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {float(loss)} at iteration {self.iteration + 1} "
                                      f"(parts {parts}); lower optim.lr or check the data")
