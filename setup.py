@@ -33,7 +33,7 @@ setup(
     install_requires=[
         TORCH,
         "numpy>=1.24",
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=4.8,<5",  # tested with 4.14; OpenCV 5 not yet
         "pyyaml>=6",
         "click>=8.1",
         "tqdm>=4.60",

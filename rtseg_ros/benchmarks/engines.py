@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig, check_runtime
 from rtseg_ros.engines.preprocessing import reference_preprocess
+from rtseg_ros.io.files import atomic_output
 
 LOG = logging.getLogger(__name__)
 
@@ -342,8 +343,5 @@ def write_report(path: str | Path, rows: Sequence[dict[str, Any]], skipped: Sequ
         "rows": list(rows),
         "skipped": list(skipped),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))

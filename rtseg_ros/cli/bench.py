@@ -7,24 +7,9 @@ import sys
 
 import click
 
+from rtseg_ros.cli.options import parse_scales, parse_size
+
 SIZE_HELP = "HEIGHTxWIDTH, e.g. 512x1024"
-
-
-def _size(value: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not {SIZE_HELP}") from None
-    if height <= 0 or width <= 0:
-        raise click.BadParameter(f"{value!r}: sizes must be positive")
-    return height, width
-
-
-def _scales(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of stages, e.g. 1,2,3,4 or 2") from None
 
 
 def _weights(values: tuple[str, ...]) -> dict[str, str]:
@@ -83,10 +68,10 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
     if threads is not None:
         torch.set_num_threads(threads)
     settings = BenchSettings(
-        frame_size=None if frame_size == "network" else _size(frame_size),
+        frame_size=None if frame_size == "network" else parse_size(frame_size),
         output_resolution=output_resolution, warmup=warmup, iters=iters, weights=_weights(weights),
         cache_dir=cache_dir, want_confidence=confidence)
-    cases = expand_matrix(models, [_size(r) for r in resolutions], [_scales(s) for s in scales], backends,
+    cases = expand_matrix(models, [parse_size(r) for r in resolutions], [parse_scales(s) for s in scales], backends,
                           precisions, device)
     machine = machine_info()
     click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}, "

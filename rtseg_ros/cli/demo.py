@@ -5,20 +5,8 @@ from pathlib import Path
 
 import click
 
+from rtseg_ros.cli.options import size_callback
 from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    """Parse ``HEIGHTxWIDTH``."""
-    if value is None:
-        return None
-    try:
-        height, width = (int(part) for part in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 256x512, got {value!r}") from None
-    if height <= 0 or width <= 0:
-        raise click.BadParameter(f"sizes must be positive, got {value!r}")
-    return height, width
 
 
 @click.command()
@@ -30,9 +18,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Node parameter file: a name in the package's config folder or a path.")
 @click.option("--model", type=click.Choice(["mfaranet", "atonet"]), default=None,
               help="Override the config's (or the checkpoint's) model.")
-@click.option("--input-size", callback=_size, default=None, metavar="HxW",
+@click.option("--input-size", callback=size_callback, default=None, metavar="HxW",
               help="Network input size, multiples of 32. Default: the config's.")
-@click.option("--frame-size", callback=_size, default="256x512", show_default=True, metavar="HxW",
+@click.option("--frame-size", callback=size_callback, default="256x512", show_default=True, metavar="HxW",
               help="Size of the synthetic camera frames.")
 @click.option("--rate", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Camera rate (Hz).")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 import yaml
 
+from rtseg_ros.cli.options import parse_scales, parse_size
 from rtseg_ros.datasets import DATASET_NAMES
 from rtseg_ros.io.bags import STORAGES
 
@@ -15,21 +16,9 @@ LOG = logging.getLogger(__name__)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def _parse_size(value: str) -> tuple[int, int] | None:
-    if value.lower() == "full":
-        return None
-    try:
-        height, width = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 512x1024, or 'full', got {value!r}") from None
-    return height, width
-
-
-def _parse_scales(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.replace(",", " ").split())
-    except ValueError:
-        raise click.BadParameter(f"expected scales such as 2 or 1,2,3,4, got {value!r}") from None
+def _parse_input_size(value: str) -> tuple[int, int] | None:
+    """``HEIGHTxWIDTH``, or ``full`` (None): evaluate every frame at its own size."""
+    return None if value.lower() == "full" else parse_size(value)
 
 
 def _load_label_map(path: str | None) -> dict[int, int] | None:
@@ -134,7 +123,11 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
     rtseg eval BAG --live --rate-factor 1 ...                          through a running node over DDS
     """
     from rtseg_ros.datasets import DatasetError, get_label_set
-    from rtseg_ros.evaluation.sources import BagSource, DatasetGroundTruth, DatasetSource
+    from rtseg_ros.evaluation.sources import (
+        BagSource,
+        DatasetGroundTruth,
+        DatasetSource,
+    )
     from rtseg_ros.io.bags import BagError
 
     if bag is None and (dataset is None or root is None):
@@ -151,9 +144,9 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
     if weights is None:
         click.secho(f"WARNING: no --weights given: {model} runs with RANDOM weights, the scores are meaningless "
                     "except as a pipeline check", fg="red", bold=True, err=True)
-    size = _parse_size(input_size)
+    size = _parse_input_size(input_size)
     settings = {"name": model, "weights": weights, "weights_sha256": _weights_hash(weights),
-                "scales": list(_parse_scales(scales)), "backend": backend, "precision": precision, "device": device,
+                "scales": list(parse_scales(scales)), "backend": backend, "precision": precision, "device": device,
                 "output_resolution": output_resolution}
     mapping = _load_label_map(label_map)
     try:

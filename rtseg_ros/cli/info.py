@@ -5,24 +5,8 @@ import json
 
 import click
 
+from rtseg_ros.cli.options import parse_scales, parse_size
 from rtseg_ros.nets.builders import MODEL_NAMES
-
-
-def _parse_size(value: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 1024x2048, got {value!r}") from None
-    if height < 1 or width < 1:
-        raise click.BadParameter(f"height and width must be positive, got {value!r}")
-    return height, width
-
-
-def _parse_scales(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.replace(",", " ").split())
-    except ValueError:
-        raise click.BadParameter(f"expected scales such as 2 or 1,2,3,4, got {value!r}") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,10 +25,10 @@ def info(model_name: str, scales: str, size: str, num_classes: int, as_json: boo
     """
     from rtseg_ros.nets.complexity import FLOPS_NOTE, measure_complexity
 
-    height, width = _parse_size(size)
+    height, width = parse_size(size)
     try:
         result = measure_complexity(
-            model_name, scales=_parse_scales(scales), height=height, width=width, num_classes=num_classes
+            model_name, scales=parse_scales(scales), height=height, width=width, num_classes=num_classes
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -15,15 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from rtseg_ros.io.files import atomic_output, write_bytes_atomic
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,21 +54,6 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the complete new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CacheEntry:
@@ -114,21 +99,13 @@ class CacheEntry:
     def store(self, write: Callable[[Path], None]) -> Path:
         """Build the artifact with ``write(tmp_path)`` and publish it atomically with its key."""
         self.invalidate()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.artifact.name}.", suffix=".tmp", dir=self.directory)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        try:
+        with atomic_output(self.artifact) as tmp_path:
             write(tmp_path)
             if not tmp_path.is_file() or tmp_path.stat().st_size == 0:
                 raise RuntimeError(f"building {self.artifact.name} wrote nothing")
             sha = file_sha256(tmp_path)
-            os.replace(tmp_path, self.artifact)
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
         meta = {"format": FORMAT, "artifact": self.artifact.name, "sha256": sha, "key": self.key}
-        atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+        write_bytes_atomic(self.meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
         return self.artifact
 
     def invalidate(self) -> None:

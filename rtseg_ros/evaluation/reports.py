@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import cv2
 import numpy as np
 
 from rtseg_ros.datasets.labels import IGNORE_INDEX, LabelSet
+from rtseg_ros.io.files import atomic_output
 
 REPORT_SCHEMA = "rtseg_ros/eval"
 REPORT_SCHEMA_VERSION = 1
@@ -52,17 +51,9 @@ def _plain(value: Any) -> Any:
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON so that ``path`` holds either the old or the new file, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_plain(data), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as handle:
+        json.dump(_plain(data), handle, indent=2, allow_nan=False)
+        handle.write("\n")
 
 
 def append_json_line(handle: Any, data: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from rtseg_ros.io.files import atomic_output
 
 LOG = logging.getLogger(__name__)
 
@@ -422,13 +423,8 @@ def save_weights(
         raise ValueError(f"extra entries would overwrite {clashes}")
     payload.update(extra or {})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

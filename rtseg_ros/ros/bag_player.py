@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from rtseg_ros.evaluation.live import LiveScorer
 from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, SkipTally, label_msg_to_array
 from rtseg_ros.io.images import ImageDecodeError, array_to_image_fields
 from rtseg_ros.ros.demo import loopback_dds_environment
+from rtseg_ros.ros.node_process import stop_node_process
 from rtseg_ros.ros.segmentation_node import LabelInfo, String
 
 __all__ = ["LiveOptions", "run_live_evaluation", "node_command"]
@@ -158,15 +158,6 @@ class _Player:
         rclpy.try_shutdown(context=self.context)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
@@ -262,7 +253,7 @@ def run_live_evaluation(bag: str | Path, label_set: LabelSet, settings: dict[str
         if player is not None:
             player.close()
         if process is not None:
-            _stop(process)
+            stop_node_process(process)
         report = writer.finish(evaluation, complete, extra())
     return report
 

@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from rtseg_ros.datasets.synthetic import make_scene
+from rtseg_ros.ros.node_process import stop_node_process
 
 __all__ = [
     "DemoError",
@@ -306,7 +306,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
                 if client.video_frames:
                     summary.overlay_video = str(out_dir / "overlay.mp4")
         finally:
-            _stop(node)
+            stop_node_process(node)
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str) + "\n")
     return summary
 
@@ -326,12 +326,3 @@ def _wait_for_node(client: "DemoClient", node: subprocess.Popen, timeout_s: floa
             raise DemoError(f"the node did not come up within {timeout_s:.0f} s; see {log_path}")
         client.spin_once(0.1)
 
-
-def _stop(node: subprocess.Popen) -> None:
-    if node.poll() is None:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()

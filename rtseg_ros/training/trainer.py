@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from rtseg_ros.datasets import get_label_set
+from rtseg_ros.io.files import atomic_output
 from rtseg_ros.metrics import ConfusionMatrix
 from rtseg_ros.training.data import EpochSampler, build_datasets, scan_labels
 from rtseg_ros.training.losses import build_loss
@@ -172,13 +173,8 @@ def _select_device(setting: str, context: DistributedContext) -> torch.device:
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""Parsers for option values that several subcommands share (sizes, MFARANet scales)."""
+from __future__ import annotations
+
+import click
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """Parse ``HEIGHTxWIDTH`` (e.g. ``512x1024``) into positive integers, or raise ``click.BadParameter``."""
+    try:
+        height, width = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 512x1024, got {value!r}") from None
+    if height <= 0 or width <= 0:
+        raise click.BadParameter(f"height and width must be positive, got {value!r}")
+    return height, width
+
+
+def parse_scales(value: str) -> tuple[int, ...]:
+    """Parse MFARANet scales written ``2``, ``1,2,3,4`` or ``1 2``. Range checks belong to the model builder."""
+    try:
+        scales = tuple(int(part) for part in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected scales such as 2 or 1,2,3,4, got {value!r}") from None
+    if not scales:
+        raise click.BadParameter("expected at least one scale, such as 2 or 1,2,3,4")
+    return scales
+
+
+def size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``click`` option callback around :func:`parse_size`; an absent option stays ``None``."""
+    return None if value is None else parse_size(value)
