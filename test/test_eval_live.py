@@ -17,7 +17,8 @@ from rtseg_ros.cli.evaluate import evaluate  # noqa: E402
 from rtseg_ros.datasets.labels import CITYSCAPES  # noqa: E402
 from rtseg_ros.datasets.synthetic import make_scene  # noqa: E402
 from rtseg_ros.io.bags import write_frames  # noqa: E402
-from rtseg_ros.ros.bag_player import LiveOptions, _stop, node_command, run_live_evaluation  # noqa: E402
+from rtseg_ros.ros.bag_player import LiveOptions, node_command, run_live_evaluation  # noqa: E402
+from rtseg_ros.ros.node_process import stop_node_process  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -72,7 +73,7 @@ def test_live_against_a_running_node_reports_drops_when_played_too_fast(tmp_path
                               drain_s=3.0, progress=False)
         report = run_live_evaluation(bag, CITYSCAPES, settings, tmp_path / "fast.json", options)
     finally:
-        _stop(node)
+        stop_node_process(node)
         log.close()
     live = report["live"]
     assert live["published"] == 16 and live["node"] == "running"
