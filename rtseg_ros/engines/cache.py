@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from rtseg_ros.io.files import atomic_output, write_bytes_atomic
+from rtseg_ros.io.files import atomic_output, file_sha256, write_bytes_atomic
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,15 +31,6 @@ T = TypeVar("T")
 META_FILE = "meta.json"
 FORMAT = "rtseg_ros-cache/1"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

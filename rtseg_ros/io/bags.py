@@ -43,6 +43,7 @@ from rtseg_ros.io.images import (
     array_to_image_fields,
     compressed_msg_to_array,
     image_msg_to_array,
+    label_msg_to_array,
 )
 
 LOG = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ FILE_NAME_TOPIC = "/ground_truth/file_name"
 DEFAULT_FRAME_ID = "camera"
 BAG_FORMAT_VERSION = 9  # rosbag2 metadata version written by Jazzy
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-LABEL_ENCODINGS = ("mono8", "8UC1")
 CUSTOM_LABEL_SET = "rtseg_ros.label_set"
 CUSTOM_DATASET = "rtseg_ros.dataset"
 CUSTOM_SPLIT = "rtseg_ros.split"
@@ -146,23 +146,6 @@ def _header(stamp_ns: int, frame_id: str) -> Any:
     header_type = TYPESTORE.types["std_msgs/msg/Header"]
     return header_type(stamp=time_type(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
                        frame_id=frame_id)
-
-
-def label_msg_to_array(msg: Any) -> np.ndarray:
-    """Decode a mono8/8UC1 ``sensor_msgs/Image`` of train ids into an HxW uint8 view.
-
-    Raises:
-        ImageDecodeError: another encoding, zero size, or data that does not match the sizes.
-    """
-    if msg.encoding not in LABEL_ENCODINGS:
-        raise ImageDecodeError(f"ground-truth labels must be {' or '.join(LABEL_ENCODINGS)}, got {msg.encoding!r}")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0 or step < width:
-        raise ImageDecodeError(f"bad label image geometry {width}x{height}, step {step}")
-    data = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
-    if data.size != step * height:
-        raise ImageDecodeError(f"label image data holds {data.size} bytes, expected {step * height}")
-    return data.reshape(height, step)[:, :width]
 
 
 class BagWriter:

@@ -1,6 +1,8 @@
-"""Atomic file output: readers see the old file or the complete new one, never a partial write."""
+"""File helpers: atomic output (readers see the old file or the complete new one, never a partial
+write) and content hashes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,3 +37,12 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks so large weight files need no extra memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -65,6 +65,8 @@ _DECODABLE: dict[str, _Encoding] = {
 }
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_DECODABLE)
+# Single-channel 8-bit encodings that hold class ids as they are.
+LABEL_ENCODINGS: tuple[str, ...] = ("mono8", "8UC1")
 
 # Encodings array_to_image_fields can publish: (channels, numpy dtype).
 _PUBLISHABLE: dict[str, tuple[int, np.dtype]] = {
@@ -94,6 +96,46 @@ def _as_bytes_array(data: Any) -> np.ndarray:
             raise ImageDecodeError(f"image data is not a byte buffer: {exc}") from None
 
 
+def _pixel_rows(msg: Any, encoding: str, bytes_per_pixel: int, bytes_per_channel: int = 1) -> np.ndarray:
+    """Check an image message's geometry against its data and return the pixel bytes as a
+    height x (width * bytes_per_pixel) uint8 view, row padding cut off.
+
+    Raises:
+        ImageDecodeError: zero size, a ``step`` too small for the width or not a whole number of
+            channels, or a data length that is not ``step * height``.
+    """
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"empty {encoding} image: {height}x{width}")
+    row_bytes = width * bytes_per_pixel
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"{encoding} image step {step} is smaller than width {width} x {bytes_per_pixel} bytes per pixel"
+        )
+    if bytes_per_channel > 1 and step % bytes_per_channel:
+        raise ImageDecodeError(f"{encoding} image step {step} is not a multiple of {bytes_per_channel}")
+    flat = _as_bytes_array(msg.data)
+    if flat.size != step * height:
+        kind = "truncated" if flat.size < step * height else "oversized"
+        raise ImageDecodeError(
+            f"{kind} {encoding} image data: {flat.size} bytes, expected step {step} x height {height} = {step * height}"
+        )
+    return flat.reshape(height, step)[:, :row_bytes]
+
+
+def label_msg_to_array(msg: Any) -> np.ndarray:
+    """Decode a mono8/8UC1 ``sensor_msgs/Image`` of class ids (ground truth, or the node's labels)
+    into an HxW uint8 view of ``msg.data``.
+
+    Raises:
+        ImageDecodeError: another encoding, zero size, or data that does not match the sizes.
+    """
+    encoding = str(msg.encoding)
+    if encoding not in LABEL_ENCODINGS:
+        raise ImageDecodeError(f"label images must be {' or '.join(LABEL_ENCODINGS)}, got {encoding!r}")
+    return _pixel_rows(msg, encoding, 1)
+
+
 def image_msg_to_array(msg: Any) -> tuple[np.ndarray, str]:
     """Decode a ``sensor_msgs/Image`` into an HxWx3 uint8 array and its colour order.
 
@@ -115,26 +157,10 @@ def image_msg_to_array(msg: Any) -> tuple[np.ndarray, str]:
         raise ImageDecodeError(
             f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
         )
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageDecodeError(f"empty {encoding} image: {height}x{width}")
-    row_bytes = width * spec.bytes_per_pixel
-    if step < row_bytes:
-        raise ImageDecodeError(
-            f"{encoding} image step {step} is smaller than width {width} x {spec.bytes_per_pixel} bytes per pixel"
-        )
-    if spec.bytes_per_channel > 1 and step % spec.bytes_per_channel:
-        raise ImageDecodeError(f"{encoding} image step {step} is not a multiple of {spec.bytes_per_channel}")
+    height, width = int(msg.height), int(msg.width)
     if spec.conversion in (cv2.COLOR_YUV2RGB_UYVY, cv2.COLOR_YUV2RGB_YUY2) and width % 2:
         raise ImageDecodeError(f"{encoding} images need an even width, got {width}")
-    flat = _as_bytes_array(msg.data)
-    if flat.size != step * height:
-        kind = "truncated" if flat.size < step * height else "oversized"
-        raise ImageDecodeError(
-            f"{kind} {encoding} image data: {flat.size} bytes, expected step {step} x height {height} = {step * height}"
-        )
-
-    rows = flat.reshape(height, step)[:, :row_bytes]
+    rows = _pixel_rows(msg, encoding, spec.bytes_per_pixel, spec.bytes_per_channel)
     if spec.bytes_per_channel == 2:
         byte_order = ">" if msg.is_bigendian else "<"
         # A strided row slice cannot be reinterpreted as uint16 in place; these frames are small.

@@ -17,7 +17,6 @@ containers. Half-precision files are cast to the model's dtype.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rtseg_ros.io.files import atomic_output
+from rtseg_ros.io.files import atomic_output, file_sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -124,12 +123,8 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
 
 
 def weights_hash(path: str | Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 (hex) of a weights file: the identity engine caches and reports record."""
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,8 +33,12 @@ from std_msgs.msg import Header
 from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.evaluation.evaluator import Evaluation, ReportWriter
 from rtseg_ros.evaluation.live import LiveScorer
-from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, SkipTally, label_msg_to_array
-from rtseg_ros.io.images import ImageDecodeError, array_to_image_fields
+from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, SkipTally
+from rtseg_ros.io.images import (
+    ImageDecodeError,
+    array_to_image_fields,
+    label_msg_to_array,
+)
 from rtseg_ros.ros.demo import loopback_dds_environment
 from rtseg_ros.ros.node_process import stop_node_process
 from rtseg_ros.ros.segmentation_node import LabelInfo, String
