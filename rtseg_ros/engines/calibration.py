@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+from rtseg_ros.datasets.base import IMAGE_SUFFIXES
 
 
 class CalibrationDataError(ValueError):

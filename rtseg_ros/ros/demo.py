@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rtseg_ros.datasets.base import IMAGE_SUFFIXES, list_images
 from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.ros.node_process import stop_node_process
 
@@ -42,7 +43,6 @@ __all__ = [
 # Where the ``synthetic`` training recipe leaves its toy model; the demo uses it when present.
 TOY_WEIGHTS = Path("~/.cache/rtseg_ros/models/synthetic_toy.pth").expanduser()
 IMAGE_TOPIC = "/rtseg_demo/camera/image_raw"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 SYNTHETIC_SCENES = 8
 # Far from the seeds the synthetic training recipe draws from: the toy model meets new scenes.
 SYNTHETIC_FIRST_SEED = 100_000
@@ -153,7 +153,7 @@ def frame_source(settings: DemoSettings) -> Iterator[tuple[np.ndarray, str]]:
     if path.is_dir() and (path / "metadata.yaml").is_file():
         return _looping(lambda: _bag_frames(path, settings.bag_topic), f"rosbag2 {path} on {settings.bag_topic}")
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = list_images(path)
         if not images:
             raise DemoError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
         return _looping(lambda: _image_files(images), f"folder {path}")
