@@ -188,12 +188,14 @@ class ReportWriter:
         """Append one frame's record to the per-frame log."""
         append_json_line(self._frames, record)
 
-    def overlay(self, name: str, image_rgb: np.ndarray, prediction: np.ndarray, labels: np.ndarray | None,
-                label_set: LabelSet) -> None:
+    def overlay(self, name: str, image: np.ndarray, prediction: np.ndarray, labels: np.ndarray | None,
+                label_set: LabelSet, color_order: str = "rgb") -> None:
         """Save an overlay picture for the first few frames that have ground truth."""
         if self.overlays_left <= 0 or labels is None or prediction.shape != labels.shape:
             return
         self.overlays_left -= 1
+        # Converted only here: once the few overlays are written, frames pass without a copy.
+        image_rgb = np.ascontiguousarray(image if color_order == "rgb" else image[..., ::-1])
         file_name = Path(name).with_suffix(".jpg").name
         try:
             write_overlay(self.paths["overlays"] / file_name, image_rgb, prediction, labels, label_set)
@@ -301,8 +303,8 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
                     correct = np.count_nonzero((prediction.labels == frame.labels) & valid)
                     record["pixel_accuracy"] = correct / max(int(np.count_nonzero(valid)), 1)
                 if writer is not None:
-                    rgb = frame.image if frame.color_order == "rgb" else frame.image[..., ::-1]
-                    writer.overlay(frame.name, np.ascontiguousarray(rgb), prediction.labels, frame.labels, label_set)
+                    writer.overlay(frame.name, frame.image, prediction.labels, frame.labels, label_set,
+                                   frame.color_order)
             if writer is not None:
                 writer.frame(record)
                 writer.checkpoint(evaluation, extra())

@@ -142,10 +142,8 @@ def overlay_panel(image_rgb: np.ndarray, prediction: np.ndarray, labels: np.ndar
 
     Ignored ground-truth pixels are shown black, so what is not scored is visible.
     """
-    palette = label_set.palette()
-
     def blend(ids: np.ndarray) -> np.ndarray:
-        colored = palette[ids]
+        colored = label_set.colorize(ids)
         out = cv2.addWeighted(image_rgb, 1.0 - alpha, colored, alpha, 0.0)
         out[ids == IGNORE_INDEX] = 0
         return out
