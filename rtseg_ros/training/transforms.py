@@ -19,6 +19,11 @@ import numpy as np
 import torch
 
 from rtseg_ros.datasets.labels import IGNORE_INDEX
+from rtseg_ros.engines.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    reference_preprocess,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -33,8 +38,6 @@ __all__ = [
     "to_tensors",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # The pad colour of images: the mean, so a padded pixel normalises to 0.
 _PAD_COLOR: tuple[int, int, int] = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # type: ignore[assignment]
 
@@ -188,9 +191,9 @@ def build_train_transform(augment: Mapping[str, object]) -> Compose:
 
 
 def to_tensors(image: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 3xHxW float tensor normalised with the ImageNet mean/std and an HxW int64 label tensor."""
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255
-    std = np.asarray(IMAGENET_STD, dtype=np.float32) * 255
-    normalised = (image.astype(np.float32) - mean) / std
-    tensor = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+    """A 3xHxW float tensor normalised with the ImageNet mean/std and an HxW int64 label tensor.
+
+    The normalisation is the inference pipeline's own reference, so training and inference cannot drift apart.
+    """
+    tensor = torch.from_numpy(reference_preprocess(image, image.shape[:2])[0])
     return tensor, torch.from_numpy(np.ascontiguousarray(labels)).long()
