@@ -36,7 +36,7 @@ def train(recipe: str | None, overrides: tuple[str, ...], resume: str | None, st
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so that --list and --help do not load torch.
     from rtseg_ros.training.recipe import load_recipe
-    from rtseg_ros.training.trainer import run_training
+    from rtseg_ros.training.trainer import RESUME_FILE, run_training
 
     try:
         loaded = load_recipe(recipe, overrides)
@@ -50,4 +50,4 @@ def train(recipe: str | None, overrides: tuple[str, ...], resume: str | None, st
     if result.final_weights is not None:
         click.echo(f"weights: {result.final_weights} (best: {result.best_weights}, best mIoU {result.best_miou:.4f})")
     else:
-        click.echo(f"stopped at iteration {result.iteration}; resume with --resume {result.output_dir / 'last.pth'}")
+        click.echo(f"stopped at iteration {result.iteration}; resume with --resume {result.output_dir / RESUME_FILE}")

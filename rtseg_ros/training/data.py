@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rtseg_ros.datasets import DatasetError, SamplePaths, get_dataset_reader, load_sample
+from rtseg_ros.datasets import (
+    DatasetError,
+    SamplePaths,
+    get_dataset_reader,
+    load_sample,
+)
 from rtseg_ros.datasets.labels import IGNORE_INDEX
 from rtseg_ros.datasets.synthetic import make_scene, to_camvid
 from rtseg_ros.training.losses import LabelRangeError
@@ -146,24 +151,18 @@ class EpochSampler(Sampler[int]):
     how a resumed run continues mid-epoch without loading the skipped samples.
     """
 
-    def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+    def __init__(self, length: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  epoch: int = 0, start: int = 0) -> None:
         if length < 1:
             raise DatasetError("cannot sample from an empty data set")
-        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.length, self.seed = length, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = epoch, start
         self.per_rank = -(-length // world_size)
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.length, generator=generator).tolist()
-        else:
-            order = list(range(self.length))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.length, generator=generator).tolist()
         total = self.per_rank * self.world_size
         order = (order * (total // self.length + 1))[:total]
         return iter(order[self.rank::self.world_size][self.start:])
@@ -214,7 +213,7 @@ def build_datasets(data: Mapping[str, object], label_set: str, train_transform: 
     root = data.get("root")
     if not root:
         raise DatasetError(f"data.root must point at the {name} data set folder (set it in the recipe or with "
-                           f"--data-root)")
+                           f"--set data.root=DIR)")
     try:
         reader = get_dataset_reader(name)
     except ValueError as error:
