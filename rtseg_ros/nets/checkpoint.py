@@ -68,7 +68,12 @@ class LoadReport:
 # Reading
 
 
-def _torch_load(path: str | Path) -> Any:
+def load_checkpoint_file(path: str | Path) -> Any:
+    """Unpickle a checkpoint file safely (``weights_only=True``) onto the CPU.
+
+    Raises:
+        WeightsError: the file is missing, truncated, corrupt, or not a PyTorch checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}; {WHERE_WEIGHTS_GO}")
@@ -108,7 +113,7 @@ def _unwrap_state_dict(obj: Any, path: str | Path) -> dict[str, Tensor]:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Returns the raw state_dict of a weight file (wrappers and ``module.`` prefixes removed, names
     unchanged)."""
-    obj = _torch_load(path)
+    obj = load_checkpoint_file(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         obj = obj["state_dict"]
     return _unwrap_state_dict(obj, path)
@@ -116,7 +121,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Metadata of one of our own files (everything but the state_dict); ``{}`` for other files."""
-    obj = _torch_load(path)
+    obj = load_checkpoint_file(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return {k: v for k, v in obj.items() if k != "state_dict"}
     return {}
@@ -282,7 +287,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
     name = getattr(model, "model_name", None)
     if name is None:
         raise TypeError(f"load_weights expects a model from build_model, got {type(model).__name__}")
-    obj = _torch_load(path)
+    obj = load_checkpoint_file(path)
     meta: Mapping[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         meta = obj

@@ -215,11 +215,12 @@ def read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"resume checkpoint not found: {path}")
+    from rtseg_ros.nets.checkpoint import WeightsError, load_checkpoint_file
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a truncated zip
-        raise CheckpointError(f"cannot read resume checkpoint {path} (truncated or corrupt?): "
-                              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+        state = load_checkpoint_file(path)
+    except WeightsError as error:
+        raise CheckpointError(f"cannot read resume checkpoint: {error}") from error
     if not isinstance(state, dict) or "training" not in state:
         raise CheckpointError(f"{path} is a weights file, not a resume checkpoint (no training state); "
                               f"to start from its weights use init.weights instead")
