@@ -26,7 +26,7 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -41,7 +41,7 @@ from rtseg_ros.io.images import (
 )
 from rtseg_ros.ros.demo import loopback_dds_environment
 from rtseg_ros.ros.node_process import stop_node_process
-from rtseg_ros.ros.segmentation_node import LabelInfo, String
+from rtseg_ros.ros.segmentation_node import LABEL_INFO_QOS, LABEL_INFO_TYPE
 
 __all__ = ["LiveOptions", "run_live_evaluation", "node_command"]
 
@@ -116,10 +116,8 @@ class _Player:
         self.labels = self.node.create_subscription(
             Image, f"{prefix}/segmentation/labels", self._on_labels,
             QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(LabelInfo if LabelInfo is not None else String,
-                                      f"{prefix}/segmentation/label_info", self._on_label_info, latched)
+        self.node.create_subscription(LABEL_INFO_TYPE, f"{prefix}/segmentation/label_info", self._on_label_info,
+                                      LABEL_INFO_QOS)
 
     def _on_label_info(self, msg: Any) -> None:
         self.label_info_seen = True

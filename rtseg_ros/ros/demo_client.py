@@ -15,15 +15,21 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from rtseg_ros.io.images import array_to_image_fields, image_msg_to_array
 from rtseg_ros.ros.demo import DemoSummary
-from rtseg_ros.ros.segmentation_node import NODE_NAME, LabelInfo, String, diagnostic_name
+from rtseg_ros.ros.segmentation_node import (
+    LABEL_INFO_QOS,
+    LABEL_INFO_TYPE,
+    NODE_NAME,
+    LabelInfo,
+    diagnostic_name,
+)
 
 __all__ = ["DemoClient"]
 
@@ -71,14 +77,11 @@ class DemoClient:
         self._node_values: dict[str, str] = {}
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._camera = self._node.create_publisher(Image, image_topic, reliable)
         node = self._node
         node.create_subscription(Image, "/segmentation/labels", self._on_labels, 10)
         node.create_subscription(Image, "/segmentation/overlay", self._on_overlay, 10)
-        node.create_subscription(LabelInfo if LabelInfo is not None else String, "/segmentation/label_info",
-                                 self._on_label_info, latched)
+        node.create_subscription(LABEL_INFO_TYPE, "/segmentation/label_info", self._on_label_info, LABEL_INFO_QOS)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def __enter__(self) -> DemoClient:

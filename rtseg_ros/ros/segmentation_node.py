@@ -44,7 +44,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header, String
 
 from rtseg_ros.engines import Segmenter, SegmenterConfig
-from rtseg_ros.io.images import ImageDecodeError, array_to_image_fields, compressed_msg_to_array, image_msg_to_array
+from rtseg_ros.io.images import (
+    ImageDecodeError,
+    array_to_image_fields,
+    compressed_msg_to_array,
+    image_msg_to_array,
+)
 from rtseg_ros.ros.diagnostics import FrameStatistics, diagnostic_status
 from rtseg_ros.ros.inference_worker import EngineSwapper, LatestFrameWorker
 from rtseg_ros.ros.overlay import overlay_labels
@@ -63,6 +68,8 @@ except ImportError:
 
 __all__ = [
     "LABEL_INFO_FORMAT",
+    "LABEL_INFO_QOS",
+    "LABEL_INFO_TYPE",
     "SegmentationNode",
     "StartupError",
     "diagnostic_name",
@@ -72,6 +79,9 @@ __all__ = [
 ]
 
 LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
+LABEL_INFO_TYPE = LabelInfo if LabelInfo is not None else String
+# label_info is latched, so subscribers that join late (RViz, the demo, the evaluator) still get it.
+LABEL_INFO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 NODE_NAME = "segmentation_node"
 # Bad-frame and inference-error logs repeat at most this often.
 LOG_THROTTLE_S = 5.0
@@ -128,14 +138,11 @@ class SegmentationNode(Node):
         # Reliable outputs match reliable and best-effort subscribers alike (RViz, message_filters);
         # with keep-last history a slow subscriber never blocks the node.
         output_qos = QoSProfile(depth=values["qos_depth"], reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._labels_pub = self.create_publisher(Image, "segmentation/labels", output_qos)
         self._confidence_pub = self.create_publisher(Image, "segmentation/confidence", output_qos)
         self._overlay_pub = self.create_publisher(Image, "segmentation/overlay", output_qos)
         self._camera_info_pub = self.create_publisher(CameraInfo, "segmentation/camera_info", output_qos)
-        self._label_info_pub = self.create_publisher(
-            LabelInfo if LabelInfo is not None else String, "segmentation/label_info", latched)
+        self._label_info_pub = self.create_publisher(LABEL_INFO_TYPE, "segmentation/label_info", LABEL_INFO_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         if config.weights is None:
