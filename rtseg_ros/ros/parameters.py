@@ -162,9 +162,6 @@ def validate_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
                 raise ParameterError(f"{name} must be in [{low}, {high}]; got {value!r}")
         if spec.float_range is not None and not spec.float_range[0] <= float(value) <= spec.float_range[1]:
             raise ParameterError(f"{name} must be in [{spec.float_range[0]}, {spec.float_range[1]}]; got {value!r}")
-    scales = [int(s) for s in _as_sequence(values["scales"])]
-    if len(set(scales)) != len(scales):
-        raise ParameterError(f"scales must not repeat; got {scales}")
     config = segmenter_config(values)
     try:
         config.validate()
