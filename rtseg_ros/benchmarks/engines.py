@@ -334,10 +334,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_report(path: str | Path, rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, Any]],
-                 settings: BenchSettings, command: str) -> None:
-    """Write the JSON report: the machine block, the settings, one object per row, skipped rows."""
+                 settings: BenchSettings, command: str, machine: dict[str, Any]) -> None:
+    """Write the JSON report: the machine block (from :func:`machine_info`), the settings, one object per
+    row, skipped rows."""
     report = {
-        "machine": machine_info(),
+        "machine": machine,
         "command": command,
         "settings": {**asdict(settings), "frame_size": list(settings.frame_size) if settings.frame_size else None},
         "rows": list(rows),

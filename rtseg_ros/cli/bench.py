@@ -93,5 +93,5 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
     click.echo(format_table(rows) if rows else "no rows could run on this machine")
     if json_path:
         command = " ".join(["rtseg bench", *(shlex.quote(a) for a in sys.argv[2:])])
-        write_report(json_path, rows, skipped, settings, command)
+        write_report(json_path, rows, skipped, settings, command, machine)
         click.echo(f"wrote {json_path}")
