@@ -137,7 +137,8 @@ class _Pending:
     name: str | None = None
 
 
-def _stamp_ns(header: Any) -> int:
+def stamp_ns(header: Any) -> int:
+    """A message header's stamp in integer nanoseconds (the key frames are matched by)."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
@@ -309,7 +310,7 @@ class BagFrameReader:
         if connection.topic == self.name_topic:
             pending.setdefault(log_time, _Pending()).name = str(msg.data)
             return
-        stamp = _stamp_ns(msg.header)
+        stamp = stamp_ns(msg.header)
         try:
             if connection.topic == self.image_topic:
                 decode = compressed_msg_to_array if connection.msgtype == COMPRESSED_TYPE else image_msg_to_array

@@ -33,7 +33,7 @@ from std_msgs.msg import Header
 from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.evaluation.evaluator import Evaluation, ReportWriter
 from rtseg_ros.evaluation.live import LiveScorer
-from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, SkipTally
+from rtseg_ros.io.bags import IMAGE_TOPIC, BagFrameReader, SkipTally, stamp_ns
 from rtseg_ros.io.images import (
     ImageDecodeError,
     array_to_image_fields,
@@ -124,7 +124,7 @@ class _Player:
 
     def _on_labels(self, msg: Image) -> None:
         now = time.monotonic()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg.header)
         try:
             labels = label_msg_to_array(msg)
         except ImageDecodeError as exc:
@@ -148,11 +148,10 @@ class _Player:
             self.executor.spin_once(timeout_sec=min(remaining, 0.05))
 
     def publish(self, image: np.ndarray, color_order: str) -> int:
-        stamp = self.node.get_clock().now().to_msg()
-        msg = Image(header=Header(stamp=stamp, frame_id=PLAYER_FRAME_ID),
-                    **array_to_image_fields(np.ascontiguousarray(image), "rgb8" if color_order == "rgb" else "bgr8"))
+        header = Header(stamp=self.node.get_clock().now().to_msg(), frame_id=PLAYER_FRAME_ID)
+        msg = Image(header=header, **array_to_image_fields(image, "rgb8" if color_order == "rgb" else "bgr8"))
         self.camera.publish(msg)
-        return stamp.sec * 1_000_000_000 + stamp.nanosec
+        return stamp_ns(header)
 
     def close(self) -> None:
         self.executor.shutdown()
