@@ -86,7 +86,6 @@ class ATONet(nn.Module):
 
     model_name = "atonet"
     output_stride = 4
-    size_divisor = SIZE_DIVISOR
     scales: tuple[int, ...] = (1, 2, 3, 4)
 
     def __init__(
