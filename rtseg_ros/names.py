@@ -1,0 +1,176 @@
+"""The package's names, in one place: models, scales, backends, precisions, topics, QoS, node parameters.
+
+Everything else reads these: the CLI's choices, recipe validation, ``engines.config``, ``nets``, the
+ROS layer and the launch file. This module imports neither torch nor rclpy, so a launch file, the
+``rtseg --help`` screen or a client process can use it at no cost.
+
+Adding a node parameter is one entry in :data:`PARAMETERS` (with ``config_field`` when it is a
+:class:`~rtseg_ros.engines.SegmenterConfig` field) and the code that uses the value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# --------------------------------------------------------------------------------- networks
+MODEL_NAMES: tuple[str, ...] = ("mfaranet", "atonet")
+# MFARANet's prediction scales: stage 1 (stride 4) ... stage 4 (stride 32). ATONet has none and
+# always runs with all of them as its (only) setting.
+ALL_SCALES: tuple[int, ...] = (1, 2, 3, 4)
+# Both networks downsample by 32 in the backbone; the network input is kept to multiples of it.
+SIZE_MULTIPLE = 32
+
+# --------------------------------------------------------------------------------- engines
+BACKENDS: tuple[str, ...] = ("torch", "compile", "tensorrt", "onnxruntime")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+OUTPUT_RESOLUTIONS: tuple[str, ...] = ("input", "network")
+
+# --------------------------------------------------------------------------------- label sets
+LABEL_SET_NAMES: tuple[str, ...] = ("cityscapes", "camvid")
+IGNORE_INDEX = 255
+
+# --------------------------------------------------------------------------------- node outputs
+CONFIDENCE_ENCODINGS: tuple[str, ...] = ("32FC1", "mono8")
+INPUT_TRANSPORTS: tuple[str, ...] = ("raw", "compressed")
+RELIABILITIES: tuple[str, ...] = ("best_effort", "reliable")
+
+PACKAGE = "rtseg_ros"
+NODE_NAME = "segmentation_node"
+NODE_EXECUTABLE = "segmentation_node"
+
+
+@dataclass(frozen=True)
+class QosSpec:
+    """A QoS profile as plain data (``rtseg_ros.ros.interfaces`` turns it into an rclpy QoSProfile).
+
+    Attributes:
+        depth: keep-last history depth.
+        reliability: ``reliable`` or ``best_effort``.
+        durability: ``volatile`` or ``transient_local`` (latched: late subscribers get the last message).
+    """
+
+    depth: int
+    reliability: str = "reliable"
+    durability: str = "volatile"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the node: its name relative to the node's namespace, type and QoS.
+
+    Attributes:
+        name: relative name (a namespace or remap moves it), or absolute for ``/diagnostics``.
+        msg_type: ``package/msg/Type``.
+        qos: the node's QoS; for inputs, what the node subscribes with by default (the
+            ``qos_reliability``/``qos_depth`` parameters override the camera's).
+    """
+
+    name: str
+    msg_type: str
+    qos: QosSpec
+
+
+# Reliable outputs match reliable and best-effort subscribers alike (RViz, message_filters); with
+# keep-last history a slow subscriber never blocks the node. label_info is latched, so subscribers
+# that join late (RViz, the demo, the evaluator) still get it.
+_OUTPUT_QOS = QosSpec(depth=1, reliability="reliable")
+_LATCHED_QOS = QosSpec(depth=1, reliability="reliable", durability="transient_local")
+
+
+class Topics:
+    """Every topic the node reads or writes."""
+
+    IMAGE = TopicSpec("image", "sensor_msgs/msg/Image", QosSpec(depth=1, reliability="best_effort"))
+    COMPRESSED_IMAGE = TopicSpec("image", "sensor_msgs/msg/CompressedImage",
+                                 QosSpec(depth=1, reliability="best_effort"))
+    CAMERA_INFO = TopicSpec("camera_info", "sensor_msgs/msg/CameraInfo", QosSpec(depth=5, reliability="best_effort"))
+    LABELS = TopicSpec("segmentation/labels", "sensor_msgs/msg/Image", _OUTPUT_QOS)
+    CONFIDENCE = TopicSpec("segmentation/confidence", "sensor_msgs/msg/Image", _OUTPUT_QOS)
+    OVERLAY = TopicSpec("segmentation/overlay", "sensor_msgs/msg/Image", _OUTPUT_QOS)
+    OUTPUT_CAMERA_INFO = TopicSpec("segmentation/camera_info", "sensor_msgs/msg/CameraInfo", _OUTPUT_QOS)
+    LABEL_INFO = TopicSpec("segmentation/label_info", "vision_msgs/msg/LabelInfo", _LATCHED_QOS)
+    DIAGNOSTICS = TopicSpec("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", QosSpec(depth=10))
+
+
+# --------------------------------------------------------------------------------- node parameters
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter (also a launch argument of the same name).
+
+    Attributes:
+        default: the value when neither a params file nor ``-p`` sets it; its type is the
+            parameter's type.
+        description: shown by ``ros2 param describe`` and the launch file's ``--show-args``.
+        choices: the allowed values of a string parameter, if limited.
+        integer_range: inclusive bounds of an integer (or each element of an integer array).
+        integer_step: if not 0, valid integers are the lower bound plus a multiple of it.
+        float_range: inclusive bounds of a floating-point parameter.
+        config_field: the :class:`~rtseg_ros.engines.SegmenterConfig` field it sets; changing such
+            a parameter at run time builds a new engine in the background. Empty: a node-only setting.
+        read_only: fixed at start-up (it shapes subscriptions or publishers).
+    """
+
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    integer_range: tuple[int, int] | None = None
+    integer_step: int = 0
+    float_range: tuple[float, float] | None = None
+    config_field: str = ""
+    read_only: bool = False
+
+    @property
+    def rebuilds_engine(self) -> bool:
+        return bool(self.config_field)
+
+
+PARAMETERS: dict[str, ParameterSpec] = {
+    "model": ParameterSpec(
+        "mfaranet", "Network architecture.", choices=MODEL_NAMES, config_field="model"),
+    "weights": ParameterSpec(
+        "", "Checkpoint: a path, a file name in the models folders, or a models/manifest.yaml entry "
+        "(ours or the authors' files). Empty: untrained random weights, for testing only.",
+        config_field="weights"),
+    "label_set": ParameterSpec(
+        "cityscapes", "Classes the weights predict; sets the class names and overlay colours.",
+        choices=LABEL_SET_NAMES, config_field="label_set"),
+    "input_width": ParameterSpec(
+        1024, f"Network input width in pixels, a multiple of {SIZE_MULTIPLE}; frames are resized to it.",
+        integer_range=(SIZE_MULTIPLE, 8192), integer_step=SIZE_MULTIPLE, config_field="input_width"),
+    "input_height": ParameterSpec(
+        512, f"Network input height in pixels, a multiple of {SIZE_MULTIPLE}; frames are resized to it.",
+        integer_range=(SIZE_MULTIPLE, 8192), integer_step=SIZE_MULTIPLE, config_field="input_height"),
+    "scales": ParameterSpec(
+        list(ALL_SCALES), "MFARANet prediction scales kept at inference (pruning); ATONet needs the default.",
+        integer_range=(min(ALL_SCALES), max(ALL_SCALES)), config_field="scales"),
+    "backend": ParameterSpec("torch", "Inference engine.", choices=BACKENDS, config_field="backend"),
+    "precision": ParameterSpec(
+        "fp32", "Numeric precision of the engine.", choices=PRECISIONS, config_field="precision"),
+    "device": ParameterSpec("cpu", "Compute device: cpu, cuda or cuda:N.", config_field="device"),
+    "output_resolution": ParameterSpec(
+        "input", "Size of the published labels: 'input' (the camera frame's) or 'network' (the input_* size).",
+        choices=OUTPUT_RESOLUTIONS, config_field="output_resolution"),
+    "engine_cache_dir": ParameterSpec(
+        "", "Folder for exported/compiled engines. Empty: $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros.",
+        config_field="cache_dir"),
+    "confidence_encoding": ParameterSpec(
+        "32FC1", "Encoding of the confidence image: 32FC1 (probability) or mono8 (probability x 255).",
+        choices=CONFIDENCE_ENCODINGS),
+    "publish_overlay": ParameterSpec(
+        True, "Publish the colour overlay (computed only while someone subscribes)."),
+    "overlay_alpha": ParameterSpec(
+        0.5, "Weight of the class colours in the overlay, 0 (camera only) to 1 (colours only).",
+        float_range=(0.0, 1.0)),
+    "input_transport": ParameterSpec(
+        "raw", "Camera topic type: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage).",
+        choices=INPUT_TRANSPORTS, read_only=True),
+    "qos_reliability": ParameterSpec(
+        "best_effort", "Reliability of the camera subscription; best_effort takes both kinds of camera publisher. "
+        "The outputs are always reliable, which every subscriber accepts.",
+        choices=RELIABILITIES, read_only=True),
+    "qos_depth": ParameterSpec(
+        1, "History depth of the camera subscription and the output topics.", integer_range=(1, 100),
+        read_only=True),
+}
+
+ENGINE_PARAMETERS: frozenset[str] = frozenset(name for name, spec in PARAMETERS.items() if spec.rebuilds_engine)
