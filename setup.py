@@ -21,7 +21,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["py.typed", "training/recipes/*.yaml"]},
+    package_data={PACKAGE: ["py.typed", "training/recipes/*.yaml", "engines/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -44,8 +44,11 @@ setup(
     extras_require={
         "ros": ROS,
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        # Only meaningful on a CUDA machine; torch-tensorrt 2.13 pairs with torch 2.13.
-        "tensorrt": ["torch-tensorrt==2.13.0"],
+        # Desktop x86_64 Linux only: torch-tensorrt 2.13 pairs with torch 2.13, TensorRT 11 and CUDA 13.
+        # Its aarch64 wheel is the server-ARM (SBSA) build, which cannot run on a Jetson: JetPack 6
+        # (TensorRT 10.3, CUDA 12.6) takes NVIDIA's torch and torch_tensorrt 2.8 wheels (docs/jetson.md),
+        # so on other machines this extra installs nothing.
+        "tensorrt": ['torch-tensorrt==2.13.0; platform_system == "Linux" and platform_machine == "x86_64"'],
         "train": ["tensorboard>=2.14"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "cityscapesscripts>=2.2"],
     },

@@ -4,16 +4,17 @@
     ros2 launch rtseg_ros segmentation.launch.py config:=atonet_cityscapes.yaml \
         weights:=/data/atonet_cityscapes.pth image_topic:=/front/image_raw namespace:=front
 
-``config`` is a file name in ``share/rtseg_ros/config`` or a path. The other arguments override
-single parameters of that file when they are not empty. ``localhost_dds:=true`` keeps DDS on this
+``config`` is a file name in ``share/rtseg_ros/config`` or a path. Every node parameter
+(``rtseg_ros.names.PARAMETERS``, also printed by ``rtseg params``) is an argument of the same name
+that overrides the file's value when it is not empty. ``localhost_dds:=true`` keeps DDS on this
 host with the package's Fast DDS profile (shared memory for large images); leave it off when the
 camera or the consumers run on other machines.
 """
 from __future__ import annotations
 
+import json
 import os
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
@@ -21,29 +22,18 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-PACKAGE = "rtseg_ros"
-EXECUTABLE = "segmentation_node"
+from rtseg_ros.names import NODE_EXECUTABLE, PACKAGE, PARAMETERS, ParameterSpec
+
+EXECUTABLE = NODE_EXECUTABLE
 CONFIG_DIR = os.path.join(get_package_share_directory(PACKAGE), "config")
 DDS_PROFILE = os.path.join(CONFIG_DIR, "fastdds_localhost.xml")
 
-# Launch arguments that override one node parameter each when given a non-empty value.
-PARAMETER_OVERRIDES = {
-    "weights": "Checkpoint file; overrides the config's 'weights'.",
-    "model": "mfaranet or atonet.",
-    "label_set": "cityscapes or camvid.",
-    "input_width": "Network input width (multiple of 32).",
-    "input_height": "Network input height (multiple of 32).",
-    "scales": "MFARANet scales, e.g. [2].",
-    "backend": "torch, compile, tensorrt or onnxruntime.",
-    "precision": "fp32, fp16 or int8.",
-    "device": "cpu, cuda or cuda:N.",
-    "output_resolution": "input or network.",
-    "input_transport": "raw or compressed (then point image_topic at the .../compressed topic).",
-    "confidence_encoding": "32FC1 or mono8.",
-    "publish_overlay": "true or false.",
-    "qos_reliability": "best_effort or reliable.",
-    "engine_cache_dir": "Folder for exported and compiled engines.",
-}
+
+def _override_description(spec: ParameterSpec) -> str:
+    """A parameter's launch argument help: the parameter's own description, its choices, what empty keeps."""
+    choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
+    default = json.dumps(spec.default)
+    return f"{spec.description}{choices} Leave empty to keep the config file's value (node default: {default})."
 
 
 def _config_path(name: str) -> str:
@@ -61,11 +51,10 @@ def _config_path(name: str) -> str:
 def _segmentation_node(context: LaunchContext) -> list[Node]:
     """The node, built once the launch arguments are known (empty overrides are left out)."""
     overrides = {}
-    for name in PARAMETER_OVERRIDES:
+    for name, spec in PARAMETERS.items():
         value = LaunchConfiguration(name).perform(context)
         if value:
-            # Typed like a params file (512 -> int, [2] -> list), except paths, which stay strings.
-            overrides[name] = value if name in ("weights", "engine_cache_dir") else yaml.safe_load(value)
+            overrides[name] = spec.parse(value)  # typed like a params file; text stays text
     return [
         Node(
             package=PACKAGE,
@@ -100,8 +89,8 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn or error."),
             DeclareLaunchArgument("localhost_dds", default_value="false",
                                   description="true: keep DDS on this host with the package's Fast DDS profile."),
-            *(DeclareLaunchArgument(name, default_value="", description=description)
-              for name, description in PARAMETER_OVERRIDES.items()),
+            *(DeclareLaunchArgument(name, default_value="", description=_override_description(spec))
+              for name, spec in PARAMETERS.items()),
             SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", DDS_PROFILE, condition=IfCondition(localhost_dds)),
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST", condition=IfCondition(localhost_dds)),
             OpaqueFunction(function=_segmentation_node),

@@ -9,6 +9,7 @@ Adding a node parameter is one entry in :data:`PARAMETERS` (with ``config_field`
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,37 @@ ALL_SCALES: tuple[int, ...] = (1, 2, 3, 4)
 # Both networks downsample by 32 in the backbone; the network input is kept to multiples of it.
 SIZE_MULTIPLE = 32
 
+
+def normalize_scales(scales: Sequence[int]) -> tuple[int, ...]:
+    """Validates ``scales`` (a non-empty subset of :data:`ALL_SCALES`, no repeats) and returns it sorted.
+
+    Raises:
+        ValueError: empty, repeated or out-of-range scales.
+    """
+    try:
+        values = [int(s) for s in scales]
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be integers from {ALL_SCALES}, got {scales!r}") from None
+    if not values:
+        raise ValueError(f"scales must be a non-empty subset of {ALL_SCALES}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"scales must not repeat, got {tuple(values)}")
+    bad = [s for s in values if s not in ALL_SCALES]
+    if bad:
+        raise ValueError(f"scales must be taken from {ALL_SCALES}, got {tuple(values)}")
+    return tuple(sorted(values))
+
+
 # --------------------------------------------------------------------------------- engines
-BACKENDS: tuple[str, ...] = ("torch", "compile", "tensorrt", "onnxruntime")
+BACKENDS: tuple[str, ...] = ("torch", "compile", "tensorrt", "onnxruntime", "openvino")
+# The backend setting "auto" takes the first backend of this list (by device kind) that the settings
+# allow and this machine runs, fastest first as measured by `rtseg bench`; the Segmenter logs the choice
+# and, when it falls back, why the faster ones were skipped.
+AUTO_BACKEND = "auto"
+BACKEND_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "cpu": ("openvino", "onnxruntime", "compile", "torch"),
+    "cuda": ("tensorrt", "compile", "torch"),
+}
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 OUTPUT_RESOLUTIONS: tuple[str, ...] = ("input", "network")
 
@@ -33,6 +63,9 @@ IGNORE_INDEX = 255
 CONFIDENCE_ENCODINGS: tuple[str, ...] = ("32FC1", "mono8")
 INPUT_TRANSPORTS: tuple[str, ...] = ("raw", "compressed")
 RELIABILITIES: tuple[str, ...] = ("best_effort", "reliable")
+
+# The JSON label_info document (std_msgs/String where vision_msgs is missing) names its layout.
+LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
 
 PACKAGE = "rtseg_ros"
 NODE_NAME = "segmentation_node"
@@ -123,6 +156,18 @@ class ParameterSpec:
     def rebuilds_engine(self) -> bool:
         return bool(self.config_field)
 
+    def parse(self, text: str) -> Any:
+        """A value typed as text (a launch argument, ``NAME=VALUE``) in this parameter's type.
+
+        Text parameters keep the text as typed (paths and names such as ``2024.pth`` or ``cuda:0``);
+        the others are read as YAML, as a params file is (``512``, ``[2]``, ``true``, ``0.5``).
+        """
+        if isinstance(self.default, str):
+            return text
+        import yaml  # only callers that parse text pay for it
+
+        return yaml.safe_load(text)
+
 
 PARAMETERS: dict[str, ParameterSpec] = {
     "model": ParameterSpec(
@@ -143,16 +188,27 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "scales": ParameterSpec(
         list(ALL_SCALES), "MFARANet prediction scales kept at inference (pruning); ATONet needs the default.",
         integer_range=(min(ALL_SCALES), max(ALL_SCALES)), config_field="scales"),
-    "backend": ParameterSpec("torch", "Inference engine.", choices=BACKENDS, config_field="backend"),
+    "backend": ParameterSpec(
+        "torch", f"Inference engine; '{AUTO_BACKEND}': the fastest one installed "
+        f"(CPU: {' > '.join(BACKEND_PREFERENCE['cpu'])}; CUDA: {' > '.join(BACKEND_PREFERENCE['cuda'])}).",
+        choices=(*BACKENDS, AUTO_BACKEND), config_field="backend"),
     "precision": ParameterSpec(
         "fp32", "Numeric precision of the engine.", choices=PRECISIONS, config_field="precision"),
-    "device": ParameterSpec("cpu", "Compute device: cpu, cuda or cuda:N.", config_field="device"),
+    "device": ParameterSpec(
+        "cpu", "Compute device: cpu, cuda or cuda:N; gpu, gpu.N or npu for an Intel GPU/NPU (openvino backend).",
+        config_field="device"),
     "output_resolution": ParameterSpec(
         "input", "Size of the published labels: 'input' (the camera frame's) or 'network' (the input_* size).",
         choices=OUTPUT_RESOLUTIONS, config_field="output_resolution"),
     "engine_cache_dir": ParameterSpec(
         "", "Folder for exported/compiled engines. Empty: $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros.",
         config_field="cache_dir"),
+    "calibration_data": ParameterSpec(
+        "", "int8 only: camera frames to calibrate on, a folder of images, a video or a rosbag2 (the calibrated "
+        "engine is cached).", config_field="calibration_data"),
+    "calibration_frames": ParameterSpec(
+        64, "int8 only: how many frames of calibration_data to calibrate on.", integer_range=(1, 100000),
+        config_field="calibration_frames"),
     "confidence_encoding": ParameterSpec(
         "32FC1", "Encoding of the confidence image: 32FC1 (probability) or mono8 (probability x 255).",
         choices=CONFIDENCE_ENCODINGS),
@@ -162,7 +218,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
         0.5, "Weight of the class colours in the overlay, 0 (camera only) to 1 (colours only).",
         float_range=(0.0, 1.0)),
     "input_transport": ParameterSpec(
-        "raw", "Camera topic type: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage).",
+        "raw", "Camera topic type: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage; "
+        "remap 'image' to the camera's .../compressed topic).",
         choices=INPUT_TRANSPORTS, read_only=True),
     "qos_reliability": ParameterSpec(
         "best_effort", "Reliability of the camera subscription; best_effort takes both kinds of camera publisher. "

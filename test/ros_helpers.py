@@ -1,13 +1,14 @@
-"""Shared helpers of the ROS tests: the node in its own process and a client with its own context."""
+"""Shared helpers of the ROS tests: the node in its own process, and the package's own clients.
+
+The tests start the node with the package's :func:`~rtseg_ros.ros.node_process.node_command` and
+:class:`~rtseg_ros.ros.node_process.NodeProcess`, and talk to it through the shared
+:class:`~rtseg_ros.ros.clients.CameraFeeder` and :class:`~rtseg_ros.ros.clients.OutputListener`, as
+the demo and live evaluation do.
+"""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,22 +22,23 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
+from rtseg_ros.names import Topics  # noqa: E402
+from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener  # noqa: E402
+from rtseg_ros.ros.interfaces import LABEL_INFO_QOS as LATCHED  # noqa: E402
+from rtseg_ros.ros.interfaces import LABEL_INFO_TYPE  # noqa: E402
+from rtseg_ros.ros.node_process import NodeProcess, node_command  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-NODE_NAME = "segmentation_node"
 # Generous: the node imports torch and builds its engine before it publishes label_info.
 STARTUP_TIMEOUT_S = 90.0
 OUTPUT_TIMEOUT_S = 20.0
-
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Every per-frame output of the node.
+FRAME_OUTPUTS = (Topics.LABELS, Topics.CONFIDENCE, Topics.OVERLAY, Topics.OUTPUT_CAMERA_INFO)
 
 
 def write_random_checkpoint(path: Path, model: str = "mfaranet", label_set: str = "cityscapes") -> Path:
@@ -51,103 +53,58 @@ def write_random_checkpoint(path: Path, model: str = "mfaranet", label_set: str 
     return save_weights(network, path, model_name=model, label_set=label_set)
 
 
-def node_command(namespace: str, parameters: dict[str, Any], params_file: Path | None = None) -> list[str]:
-    """The node's command line with ``-p`` overrides, under ``namespace`` (outputs move with it)."""
-    command = [sys.executable, "-m", "rtseg_ros.ros.segmentation_node", "--ros-args", "-r", f"__ns:={namespace}"]
-    if params_file is not None:
-        command += ["--params-file", str(params_file)]
-    for name, value in parameters.items():
-        command += ["-p", f"{name}:={json.dumps(value)}"]
-    return command
-
-
-class NodeProcess:
-    """The segmentation node in its own process, its output kept in a log file."""
-
-    def __init__(self, command: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def check_running(self) -> None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"node exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-
-    def request_stop(self) -> None:
-        """Send SIGINT without waiting (to stop several nodes at once, then ``stop`` each)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-
-    def stop(self) -> int:
-        """Stop the node (SIGINT, then SIGKILL after 15 s) and return its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
 class Client:
-    """A test-side node with its own context: publishes frames, collects outputs by topic."""
+    """The test side: the shared feeder and listener for each node namespace, and parameter services.
+
+    Everything runs in one :class:`ClientSession` (a context of its own). Listeners keep every message,
+    so a test can look outputs up by topic (the resolved name, ``/ns/segmentation/labels``) and stamp.
+    """
 
     def __init__(self, name: str = "rtseg_test_client") -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.received: dict[str, list[tuple[float, Any]]] = defaultdict(list)
-        self._publishers: dict[tuple[str, type], Any] = {}
+        self.name = name
+        self.session = ClientSession()
+        self.node = self.session.add(Node(name, context=self.session.context))
+        self._listeners: dict[str, OutputListener] = {}
+        self._feeders: dict[str, CameraFeeder] = {}
         self._services: dict[str, Any] = {}
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self.session.close()
 
-    def subscribe(self, topic: str, msg_type: type, qos: QoSProfile = RELIABLE) -> None:
-        """Keep every message of ``topic`` in ``received[topic]`` with its arrival time."""
-        self.node.create_subscription(
-            msg_type, topic, lambda msg: self.received[topic].append((time.monotonic(), msg)), qos)
+    def listener(self, namespace: str) -> OutputListener:
+        """The listener to every output of the node in ``namespace`` (made on first use)."""
+        if namespace not in self._listeners:
+            self._listeners[namespace] = self.session.add(OutputListener(
+                namespace=namespace, outputs=FRAME_OUTPUTS, keep_messages=True,
+                listener_name=f"{self.name}_listener", context=self.session.context))
+        return self._listeners[namespace]
 
-    def publisher(self, topic: str, msg_type: type) -> Any:
-        key = (topic, msg_type)
-        if key not in self._publishers:
-            self._publishers[key] = self.node.create_publisher(msg_type, topic, RELIABLE)
-        return self._publishers[key]
+    def feeder(self, namespace: str, transport: str = "raw") -> CameraFeeder:
+        """The camera feeder of the node in ``namespace`` (made on first use)."""
+        if namespace not in self._feeders:
+            self._feeders[namespace] = self.session.add(CameraFeeder(
+                namespace=namespace, transport=transport, node_name=f"{self.name}_camera",
+                context=self.session.context))
+        return self._feeders[namespace]
 
-    def wait_for(self, condition: Callable[[], bool], timeout: float = OUTPUT_TIMEOUT_S, what: str = "",
-                 node: NodeProcess | None = None) -> None:
-        """Spin until ``condition()`` holds; fail with ``what`` after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if node is not None:
-                node.check_running()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.05)
+    def wait_ready(self, namespace: str, node: NodeProcess | None = None, transport: str = "raw") -> None:
+        """Wait until the node in ``namespace`` is up and connected to this client's feeder and listener."""
+        listener, feeder = self.listener(namespace), self.feeder(namespace, transport)
+        self.wait_for(lambda: listener.ready and feeder.connected, STARTUP_TIMEOUT_S, f"{namespace} node start-up",
+                      node)
 
-    def spin_for(self, seconds: float) -> None:
-        """Handle callbacks for ``seconds`` (lets messages on other topics land)."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.executor.spin_once(timeout_sec=min(left, 0.05))
+    def _messages(self, topic: str) -> list[tuple[float, Any]]:
+        for listener in self._listeners.values():
+            if topic in listener.messages:
+                return listener.messages[topic]
+        return []
 
-    def wait_for_subscriber(self, topic: str, msg_type: type, node: NodeProcess | None = None) -> None:
-        publisher = self.publisher(topic, msg_type)
-        self.wait_for(lambda: publisher.get_subscription_count() > 0, STARTUP_TIMEOUT_S,
-                      f"a subscriber on {topic}", node)
+    def received(self, topic: str) -> list[tuple[float, Any]]:
+        """(arrival time, message) of ``topic`` so far, oldest first."""
+        return list(self._messages(topic))
 
     def messages(self, topic: str) -> list[Any]:
-        return [msg for _, msg in self.received[topic]]
+        return [msg for _, msg in self._messages(topic)]
 
     def by_stamp(self, topic: str, header: Header) -> Any | None:
         for msg in self.messages(topic):
@@ -155,52 +112,52 @@ class Client:
                 return msg
         return None
 
-    def send_and_collect(self, topic: str, msg: Any, outputs: Iterable[str],
+    def wait_for(self, condition: Callable[[], bool], timeout: float = OUTPUT_TIMEOUT_S, what: str = "",
+                 node: NodeProcess | None = None) -> None:
+        """Spin until ``condition()`` holds; fail with ``what`` after ``timeout`` seconds."""
+        self.session.wait_until(condition, timeout, what, node)
+
+    def spin_for(self, seconds: float) -> None:
+        """Handle callbacks for ``seconds`` (lets messages on other topics land)."""
+        self.session.spin_for(seconds)
+
+    def send_and_collect(self, namespace: str, msg: Any, outputs: Iterable[str],
                          node: NodeProcess | None = None) -> list[Any]:
-        """Publish ``msg`` (its header stamp must be unique) and return its output on each topic."""
+        """Publish ``msg`` (its header stamp must be unique) to the node in ``namespace`` and return its
+        output on each topic."""
         outputs = list(outputs)
-        self.publisher(topic, type(msg)).publish(msg)
+        self.feeder(namespace).publish(msg)
         self.wait_for(lambda: all(self.by_stamp(out, msg.header) is not None for out in outputs),
-                      what=f"outputs {outputs} for a frame on {topic}", node=node)
+                      what=f"outputs {outputs} for a frame sent to {namespace}", node=node)
         return [self.by_stamp(out, msg.header) for out in outputs]
+
+    def _service(self, kind: type, service: str) -> Any:
+        if service not in self._services:
+            self._services[service] = self.node.create_client(kind, service)
+        client = self._services[service]
+        self.wait_for(client.service_is_ready, STARTUP_TIMEOUT_S, f"the service {service}")
+        return client
 
     def set_parameters(self, node_path: str, values: dict[str, Any]) -> list[SetParametersResult]:
         """Call the node's real SetParameters service."""
         service = f"{node_path}/set_parameters"
-        if service not in self._services:
-            self._services[service] = self.node.create_client(SetParameters, service)
-        client = self._services[service]
-        self.wait_for(client.service_is_ready, STARTUP_TIMEOUT_S, f"the service {service}")
         request = SetParameters.Request(parameters=[
             Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
-        future = client.call_async(request)
+        future = self._service(SetParameters, service).call_async(request)
         self.wait_for(future.done, what=f"the response of {service}")
         return list(future.result().results)
 
     def get_parameters(self, node_path: str, names: list[str]) -> dict[str, Any]:
         """Current values through the node's real GetParameters service."""
         service = f"{node_path}/get_parameters"
-        if service not in self._services:
-            self._services[service] = self.node.create_client(GetParameters, service)
-        client = self._services[service]
-        self.wait_for(client.service_is_ready, STARTUP_TIMEOUT_S, f"the service {service}")
-        future = client.call_async(GetParameters.Request(names=names))
+        future = self._service(GetParameters, service).call_async(GetParameters.Request(names=names))
         self.wait_for(future.done, what=f"the response of {service}")
         return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
-
-    def diagnostics(self, node_path: str) -> list[dict[str, str]]:
-        """Values of every /diagnostics status of the node at ``node_path`` received so far, oldest first."""
-        from rtseg_ros.ros.segmentation_node import diagnostic_name
-
-        return [{kv.key: kv.value for kv in status.values} for _, msg in self.received["/diagnostics"]
-                for status in msg.status if status.name == diagnostic_name(node_path)]
 
 
 def label_info_type() -> type:
     """The message type the node publishes label_info as on this machine."""
-    from rtseg_ros.ros.segmentation_node import LabelInfo
-
-    return LabelInfo if LabelInfo is not None else String
+    return LABEL_INFO_TYPE
 
 
 def label_info_json(msg: Any) -> dict[str, Any]:
@@ -244,7 +201,7 @@ def labels_of(msg: Image) -> np.ndarray:
 
 
 __all__ = [
-    "CameraInfo", "Client", "CompressedImage", "DiagnosticArray", "Image", "LATCHED", "NodeProcess", "ParameterMsg",
-    "String", "image_msg", "label_info_json", "label_info_type", "labels_of", "make_header", "node_command",
-    "raw_image_msg", "write_random_checkpoint",
+    "CameraInfo", "Client", "CompressedImage", "DiagnosticArray", "FRAME_OUTPUTS", "Image", "LATCHED", "NodeProcess",
+    "ParameterMsg", "String", "image_msg", "label_info_json", "label_info_type", "labels_of", "make_header",
+    "node_command", "raw_image_msg", "write_random_checkpoint",
 ]

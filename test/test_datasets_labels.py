@@ -15,8 +15,9 @@ from rtseg_ros.datasets.labels import (
     cityscapes_label_id_to_train_id,
     cityscapes_train_id_to_label_id,
 )
-from rtseg_ros.datasets.synthetic import SYNTHETIC_CLASSES, make_scene, to_camvid, write_camvid_tree, \
-    write_cityscapes_tree
+from rtseg_ros.datasets.synthetic import SYNTHETIC_CLASSES, make_scene, to_camvid
+
+from dataset_trees import write_camvid_tree, write_cityscapes_tree
 
 
 def test_cityscapes_train_ids_follow_the_official_table():

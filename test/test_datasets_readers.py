@@ -10,7 +10,9 @@ import pytest
 from rtseg_ros.datasets import DatasetError, get_dataset_reader, load_sample
 from rtseg_ros.datasets import camvid, cityscapes, folder
 from rtseg_ros.datasets.labels import CAMVID_32_COLORS
-from rtseg_ros.datasets.synthetic import make_scene, to_camvid, write_camvid_tree, write_cityscapes_tree
+from rtseg_ros.datasets.synthetic import make_scene, to_camvid
+
+from dataset_trees import write_camvid_tree, write_cityscapes_tree
 
 # Written out by hand from the SegNet grouping, so the test does not reuse the code under test.
 CAMVID_11_OF_32 = {
@@ -45,7 +47,7 @@ def test_cityscapes_reader_maps_label_ids_to_train_ids(tmp_path: Path) -> None:
     listed = cityscapes.list_samples(tmp_path, "val")
     assert [s.name for s in listed] == [f"synthcity_{i:06d}_000019" for i in range(3)]
     assert listed[0].relative_path == "leftImg8bit/val/synthcity/synthcity_000000_000019_leftImg8bit.png"
-    samples = list(cityscapes.iter_samples(tmp_path, "val"))
+    samples = [load_sample(p) for p in cityscapes.list_samples(tmp_path, "val")]
     for i, sample in enumerate(samples):
         rgb, lab = make_scene(5 + i, 64, 128)
         np.testing.assert_array_equal(sample.labels, lab)
@@ -78,7 +80,7 @@ def test_cityscapes_missing_or_empty_split_is_a_clear_error(tmp_path: Path) -> N
 
 def test_camvid_segnet_layout(tmp_path: Path) -> None:
     write_camvid_tree(tmp_path, "test", count=2, height=48, width=64, seed=3)
-    samples = list(camvid.iter_samples(tmp_path, "test"))
+    samples = [load_sample(p) for p in camvid.list_samples(tmp_path, "test")]
     assert [s.name for s in samples] == ["synth_00000", "synth_00001"]
     for i, sample in enumerate(samples):
         _, lab = make_scene(3 + i, 48, 64)
@@ -105,7 +107,7 @@ def test_camvid_colour_labels_per_split_folder(tmp_path: Path) -> None:
     rgb, expected = color_label_of_32()
     write_rgb(tmp_path / "train" / "a.png", np.zeros_like(rgb))
     write_rgb(tmp_path / "train_labels" / "a_L.png", rgb)
-    (sample,) = camvid.iter_samples(tmp_path, "train")
+    (sample,) = [load_sample(p) for p in camvid.list_samples(tmp_path, "train")]
     np.testing.assert_array_equal(sample.labels, expected)
 
 
@@ -128,7 +130,7 @@ def test_folder_reader_with_label_map_and_missing_masks(tmp_path: Path) -> None:
     assert [s.name for s in plain] == ["a", "b"] and plain[1].label_path is None
     np.testing.assert_array_equal(load_sample(plain[0]).labels, mask)
     np.testing.assert_array_equal(load_sample(plain[0]).image, image)
-    mapped = list(folder.iter_samples(tmp_path, "mine", label_map={7: 13, 0: 0}))
+    mapped = [load_sample(p) for p in folder.list_samples(tmp_path, "mine", label_map={7: 13, 0: 0})]
     assert (mapped[0].labels[:, :10] == 0).all() and (mapped[0].labels[:, 10:20] == 13).all()
     assert (mapped[0].labels[:, 20:] == 255).all()  # 9 is not in the map
     assert mapped[1].labels is None

@@ -47,7 +47,6 @@ def test_defaults_are_valid():
         ({"label_set": "ade20k"}, "unknown label set"),
         ({"num_classes": 11}, "does not match label set"),
         ({"output_resolution": "frame"}, "output_resolution"),
-        ({"dla_core": 0}, "tensorrt backend only"),
         ({"backend": "tensorrt", "device": "cuda", "precision": "int8"}, "calibration_data"),
     ],
 )
@@ -58,7 +57,7 @@ def test_invalid_settings_fail_with_a_reason(settings, reason):
 def test_valid_combinations_pass_validation():
     SegmenterConfig(model="atonet", label_set="camvid", input_height=352, input_width=480).validate()
     SegmenterConfig(backend="tensorrt", device="cuda:1", precision="int8", calibration_data="frames/").validate()
-    SegmenterConfig(backend="tensorrt", device="cuda", precision="fp16", dla_core=0).validate()
+    SegmenterConfig(backend="tensorrt", device="cuda", precision="fp16").validate()
     config = SegmenterConfig(scales=[3, 1])
     config.validate()
     assert config.scales == (1, 3)
@@ -77,6 +76,107 @@ def test_cuda_settings_fail_early_without_cuda():
 def test_missing_weights_file_fails_before_building(tmp_path):
     with pytest.raises(ConfigError, match="weights file not found"):
         Segmenter(SegmenterConfig(weights=str(tmp_path / "absent.pth")))
+
+
+def test_check_validates_then_checks_the_machine(tmp_path):
+    with pytest.raises(ConfigError, match="unknown backend"):
+        SegmenterConfig(backend="tvm").check()
+    with pytest.raises(ConfigError, match="weights file not found"):
+        SegmenterConfig(weights=str(tmp_path / "absent.pth")).check()
+    config = SegmenterConfig(scales=[2, 1])
+    config.check()
+    assert config.scales == (1, 2)
+
+
+def test_names_come_from_the_names_module():
+    from rtseg_ros import names
+    from rtseg_ros.engines import config
+
+    for name in ("ALL_SCALES", "BACKENDS", "PRECISIONS", "OUTPUT_RESOLUTIONS", "SIZE_MULTIPLE"):
+        assert getattr(config, name) is getattr(names, name)
+    assert SegmenterConfig().scales == names.ALL_SCALES
+
+
+def test_the_config_and_the_engines_package_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import rtseg_ros.engines.config; from rtseg_ros.engines import SegmenterConfig; "
+            "SegmenterConfig(model='atonet').validate(); SegmenterConfig().to_parameters(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_engine_parameter_sets_a_config_field():
+    import dataclasses
+
+    from rtseg_ros.names import ENGINE_PARAMETERS, PARAMETERS
+
+    fields = {field.name: field for field in dataclasses.fields(SegmenterConfig)}
+    for name in ENGINE_PARAMETERS:
+        field = fields[PARAMETERS[name].config_field]
+        default = field.default if field.default is not None else ""
+        # The parameter's default is the config's default, in the parameter's type.
+        assert PARAMETERS[name].default == (list(default) if isinstance(default, tuple) else default), name
+
+
+def test_node_parameters_round_trip():
+    from rtseg_ros.names import ENGINE_PARAMETERS, PARAMETERS
+
+    config = SegmenterConfig(model="atonet", weights="/w/atonet.pth", label_set="camvid", input_height=352,
+                             input_width=480, backend="onnxruntime", device="cuda:1", output_resolution="network",
+                             cache_dir="/tmp/engines")
+    values = config.to_parameters()
+    assert list(values) == [name for name in PARAMETERS if name in ENGINE_PARAMETERS]
+    assert values["weights"] == "/w/atonet.pth" and values["engine_cache_dir"] == "/tmp/engines"
+    assert values["scales"] == [1, 2, 3, 4] and values["input_height"] == 352
+    assert SegmenterConfig.from_parameters(values) == config
+    # Empty paths are "none"; node-only parameters are ignored; missing ones take their defaults.
+    defaults = SegmenterConfig.from_parameters({"weights": "", "publish_overlay": False, "scales": [2]})
+    assert defaults == SegmenterConfig(scales=(2,))
+    assert SegmenterConfig().to_parameters()["weights"] == ""
+    # rclpy hands integer arrays over as array.array; a single integer is a one-element list.
+    import array
+
+    assert SegmenterConfig.from_parameters({"scales": array.array("q", [1, 3])}).scales == (1, 3)
+    assert SegmenterConfig.from_parameters({"scales": 2}).scales == (2,)
+    with pytest.raises(ConfigError, match="unknown node parameter.*input_size"):
+        SegmenterConfig.from_parameters({"input_size": [512, 1024]})
+
+
+def test_report_settings_round_trip_with_the_keys_reports_write():
+    config = SegmenterConfig(model="mfaranet", weights="/w/m.pth", label_set="cityscapes", input_height=256,
+                             input_width=512, scales=(2,), device="cpu")
+    settings = config.to_settings(weights_sha256="ab" * 32)
+    assert settings == {"name": "mfaranet", "weights": "/w/m.pth", "weights_sha256": "ab" * 32, "scales": [2],
+                        "backend": "torch", "precision": "fp32", "device": "cpu", "output_resolution": "input",
+                        "input_size": [256, 512]}
+    assert json.loads(json.dumps(settings)) == settings
+    assert SegmenterConfig.from_settings(settings, label_set="cityscapes") == config
+    assert SegmenterConfig.from_settings(SegmenterConfig().to_settings(), label_set="cityscapes").weights is None
+    row = SegmenterConfig(model="atonet", input_height=352, input_width=480).to_bench_fields()
+    assert row == {"model": "atonet", "height": 352, "width": 480, "backend": "torch", "precision": "fp32",
+                   "device": "cpu", "scales": [1, 2, 3, 4], "output_resolution": "input"}
+
+
+def test_label_info_and_diagnostic_fields():
+    from rtseg_ros.datasets.labels import CAMVID
+    from rtseg_ros.names import LABEL_INFO_FORMAT
+
+    config = SegmenterConfig(model="atonet", label_set="camvid", input_height=352, input_width=480)
+    info = config.label_info_fields("cd" * 32)
+    assert list(info) == ["format", "label_set", "num_classes", "ignore_index", "classes", "model", "scales",
+                          "weights", "weights_sha256", "input_size", "output_resolution", "backend", "precision",
+                          "device"]
+    assert info["format"] == LABEL_INFO_FORMAT == "rtseg_ros/label_info/1"
+    assert (info["label_set"], info["num_classes"], info["ignore_index"]) == ("camvid", 11, 255)
+    assert info["classes"][1] == {"id": 1, "name": CAMVID.class_names[1], "color": list(CAMVID.colors[1])}
+    assert (info["weights"], info["weights_sha256"], info["input_size"]) == ("", "cd" * 32, [352, 480])
+    assert json.loads(json.dumps(info)) == info
+    fields = config.diagnostic_fields()
+    assert fields == {"model": "atonet", "backend": "torch", "precision": "fp32", "device": "cpu",
+                      "input_size": "352x480", "scales": "1,2,3,4", "weights": "untrained (random)"}
+    assert SegmenterConfig(weights="/w/m.pth").diagnostic_fields()["weights"] == "/w/m.pth"
 
 
 def test_cache_entry_round_trip_stale_and_corrupt(tmp_path, caplog):

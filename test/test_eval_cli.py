@@ -9,8 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from rtseg_ros.cli.evaluate import evaluate, make_bag
-from rtseg_ros.datasets.synthetic import write_camvid_tree, write_cityscapes_tree
 from rtseg_ros.io.bags import BagFrameReader, bag_storage
+
+from dataset_trees import write_camvid_tree, write_cityscapes_tree
 
 REQUIRED_FIELDS = ("miou", "pixel_accuracy", "per_class_iou", "confusion_matrix", "frames", "skipped", "latency_ms",
                    "schema", "schema_version", "model", "label_set", "complete")

@@ -12,13 +12,15 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from rtseg_ros.datasets.labels import CAMVID, CAMVID_32_COLORS, CITYSCAPES
-from rtseg_ros.datasets.synthetic import write_cityscapes_tree
-from rtseg_ros.evaluation.evaluator import Evaluation, Prediction, run_evaluation
+from rtseg_ros.evaluation.evaluator import Evaluation, Prediction, build_report, run_evaluation
 from rtseg_ros.evaluation.export import PredictionExporter
-from rtseg_ros.evaluation.live import SKIP_DROPPED, LiveScorer
+from rtseg_ros.evaluation.live import LiveScorer
 from rtseg_ros.evaluation.sources import BagSource, DatasetGroundTruth, DatasetSource, make_dataset_bag
 from rtseg_ros.io import bags
 from rtseg_ros.io.bags import BagWriter
+from rtseg_ros.skips import SKIP_DROPPED, SKIP_MISSING_GT, SKIP_UNDECODABLE_MESSAGE, SkipTally
+
+from dataset_trees import write_cityscapes_tree
 
 ROAD, SKY, BUILDING, CAR, TREE = (CAMVID.class_names.index(n) for n in ("road", "sky", "building", "car", "tree"))
 
@@ -128,7 +130,7 @@ def test_bad_input_is_counted_and_the_run_goes_on(tmp_path: Path) -> None:
     assert (tmp_path / "r.md").read_text().count("inference error: 1") == 1
     assert (tmp_path / "r_confusion.png").stat().st_size > 0 and len(list((tmp_path / "r_overlays").iterdir())) == 3
     broken = run_evaluation(BagSource(tmp_path / "bag2"), predict, CITYSCAPES, progress=False)
-    assert broken["skipped"] == {bags.SKIP_UNDECODABLE_MESSAGE: 1} and broken["frames_read"] == 0
+    assert broken["skipped"] == {SKIP_UNDECODABLE_MESSAGE: 1} and broken["frames_read"] == 0
 
 
 def test_results_so_far_survive_an_interrupted_run(tmp_path: Path) -> None:
@@ -191,3 +193,34 @@ def test_the_evaluator_core_does_not_import_rclpy() -> None:
             "print(sorted(m for m in ('rclpy', 'rtseg_ros.ros') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_evaluation_owns_every_tally(tmp_path: Path) -> None:
+    image = np.full((8, 12, 3), 100, np.uint8)
+    with BagWriter(tmp_path / "bag") as writer:
+        writer.write_frame(1, image, np.full((8, 12), 3, np.uint8), "ok.png")
+        writer.write_frame(2, image, None, "no_gt.png")
+    source = BagSource(tmp_path / "bag")
+    evaluation = Evaluation(CITYSCAPES)
+    evaluation.skipped.record(SKIP_UNDECODABLE_MESSAGE, "recorded by a reader")
+    for frame in source.frames(evaluation.skipped):
+        evaluation.frames_read += 1
+        evaluation.score(frame.name, np.full(frame.image.shape[:2], 3, np.uint8), frame.labels)
+    metrics = evaluation.metrics()
+    assert (metrics["frames"], metrics["frames_read"]) == (1, 2)
+    assert metrics["skipped"] == {SKIP_UNDECODABLE_MESSAGE: 1, SKIP_MISSING_GT: 1}
+    assert metrics["errors"] == [f"{SKIP_UNDECODABLE_MESSAGE}: recorded by a reader", f"{SKIP_MISSING_GT}: no_gt.png"]
+    report = build_report(evaluation, {"mode": "bag"}, True, {"elapsed_s": 1.0})
+    assert report["skipped"] == metrics["skipped"] and report["elapsed_s"] == 1.0
+    with pytest.raises(ValueError, match="skipped come from the Evaluation"):
+        build_report(evaluation, {}, True, {"skipped": {}})
+
+
+def test_skip_tally_keeps_a_few_messages_per_reason() -> None:
+    first, second = SkipTally(keep_per_reason=2), SkipTally()
+    for index in range(4):
+        first.record("bad image", f"frame {index}")
+    second.record("bad image", "frame 9")
+    assert first.total == 4 and first.messages == ["bad image: frame 0", "bad image: frame 1"]
+    merged = SkipTally.merged(first, second)
+    assert merged.counts == {"bad image": 5} and merged.messages[-1] == "bad image: frame 9"

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,10 @@ pytest.importorskip("rtseg_ros.ros.segmentation_node", reason="the segmentation 
 from rtseg_ros.cli.evaluate import evaluate  # noqa: E402
 from rtseg_ros.datasets.labels import CITYSCAPES  # noqa: E402
 from rtseg_ros.datasets.synthetic import make_scene  # noqa: E402
+from rtseg_ros.engines import SegmenterConfig  # noqa: E402
 from rtseg_ros.io.bags import write_frames  # noqa: E402
-from rtseg_ros.ros.bag_player import LiveOptions, node_command, run_live_evaluation  # noqa: E402
-from rtseg_ros.ros.node_process import stop_node_process  # noqa: E402
+from rtseg_ros.ros.live_evaluation import LiveOptions, live_node_command, run_live_evaluation  # noqa: E402
+from rtseg_ros.ros.node_process import NodeProcess  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -64,17 +63,12 @@ def test_live_cli_starts_the_node_and_scores_every_frame(tmp_path: Path, weights
 def test_live_against_a_running_node_reports_drops_when_played_too_fast(tmp_path: Path, weights: str) -> None:
     bag = scene_bag(tmp_path / "bag", count=16, rate_hz=10.0)
     settings = {**SETTINGS, "weights": weights}
-    log = open(tmp_path / "node.log", "w")
-    node = subprocess.Popen(node_command(settings, "cityscapes", "/camera/image_raw"), stdout=log,
-                            stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        # 100x the bag's 10 Hz: frames arrive about every millisecond, far faster than the node segments.
-        options = LiveOptions(rate_factor=100.0, start_node=False, startup_timeout_s=120.0, max_wait_s=3.0,
-                              drain_s=3.0, progress=False)
+    # 100x the bag's 10 Hz: frames arrive about every millisecond, far faster than the node segments.
+    options = LiveOptions(rate_factor=100.0, start_node=False, startup_timeout_s=120.0, max_wait_s=3.0,
+                          drain_s=3.0, progress=False)
+    command = live_node_command(SegmenterConfig.from_settings(settings, label_set="cityscapes"), options)
+    with NodeProcess(command, tmp_path / "node.log"):
         report = run_live_evaluation(bag, CITYSCAPES, settings, tmp_path / "fast.json", options)
-    finally:
-        stop_node_process(node)
-        log.close()
     live = report["live"]
     assert live["published"] == 16 and live["node"] == "running"
     assert live["dropped"] > 0 and live["received"] >= 1

@@ -11,10 +11,13 @@ import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from rtseg_ros.datasets.synthetic import make_scene, write_cityscapes_tree
+from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.evaluation.sources import make_dataset_bag
+from rtseg_ros import skips
 from rtseg_ros.io import bags
 from rtseg_ros.io.bags import BagError, BagFrameReader, BagWriter, write_frames
+
+from dataset_trees import write_cityscapes_tree
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
@@ -123,15 +126,20 @@ def test_bad_messages_are_skipped_and_counted(tmp_path: Path) -> None:
     frames = list(reader)
     assert [(f.stamp_ns, f.labels is None) for f in frames] == [(1, True), (6, True)]
     assert dict(reader.tally.counts) == {
-        bags.SKIP_UNDECODABLE_MESSAGE: 1, bags.SKIP_BAD_IMAGE: 2, bags.SKIP_LABELS_WITHOUT_IMAGE: 1,
-        bags.SKIP_BAD_LABELS: 1}
+        skips.SKIP_UNDECODABLE_MESSAGE: 1, skips.SKIP_BAD_IMAGE: 2, skips.SKIP_LABELS_WITHOUT_IMAGE: 1,
+        skips.SKIP_BAD_LABELS: 1}
     assert any("truncated" in e for e in reader.tally.messages) and any("weird8" in e for e in reader.tally.messages)
 
 
-def test_truncated_mcap_bag_is_a_clear_error(tmp_path: Path) -> None:
+def test_unreadable_bags_are_a_clear_error(tmp_path: Path) -> None:
+    # A cut short mcap keeps the frames before the damage (test_io_bags_salvage.py); one cut before
+    # its first image message, or that is no mcap at all, is an error that says so.
     write_frames(tmp_path / "bag", scenes(3), storage="mcap")
     (data,) = (tmp_path / "bag").glob("*.mcap")
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    data.write_bytes(data.read_bytes()[:40])
+    with pytest.raises(BagError, match="damaged in bag.mcap at byte 8 .* before any /camera/image_raw message"):
+        list(BagFrameReader(tmp_path / "bag"))
+    data.write_bytes(b"garbage")
     with pytest.raises(BagError, match="truncated, corrupt or not a rosbag2"):
         list(BagFrameReader(tmp_path / "bag"))
     with pytest.raises(BagError, match="bag not found"):
@@ -165,11 +173,12 @@ def test_storage_broken_mid_way_keeps_the_frames_read_before(tmp_path: Path) -> 
             frames = list(reader)
         except BagError:
             continue  # damage in the schema: the bag does not open at all
-        if reader.tally.counts[bags.SKIP_BAG_READ_ERROR] and 0 < len(frames) < 10:
+        if reader.tally.counts[skips.SKIP_BAG_READ_ERROR] and 0 < len(frames) < 10:
             break
     else:
         pytest.fail("no single damaged page broke the message stream mid-way")
-    assert reader.tally.counts[bags.SKIP_BAG_READ_ERROR] == 1 and "malformed" in reader.tally.messages[-1]
+    assert reader.tally.counts[skips.SKIP_BAG_READ_ERROR] == 1 and "malformed" in reader.tally.messages[-1]
+    assert reader.damage is not None and reader.damage.frames_recovered == len(frames)
     for i, frame in enumerate(frames):
         np.testing.assert_array_equal(frame.image, make_scene(i, 64, 128)[0])
 

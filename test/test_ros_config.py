@@ -8,17 +8,16 @@ import pytest
 import yaml
 
 from ros_helpers import (
-    LATCHED,
     REPO,
     STARTUP_TIMEOUT_S,
     Client,
     NodeProcess,
     label_info_json,
-    label_info_type,
     node_command,
     write_random_checkpoint,
 )
-from rtseg_ros.ros.parameters import PARAMETERS, segmenter_config
+from rtseg_ros.engines import SegmenterConfig
+from rtseg_ros.names import PARAMETERS
 
 pytestmark = pytest.mark.ros
 
@@ -29,7 +28,11 @@ CPU_OVERRIDES = {"weights": "", "backend": "torch", "precision": "fp32", "device
 EXIT_TIMEOUT_S = 60.0
 
 
+DEFAULTS = {name: spec.default for name, spec in PARAMETERS.items()}
+
+
 def _parameters(path: Path) -> dict:
+    """What the file sets (only what differs from the defaults)."""
     document = yaml.safe_load(path.read_text())
     assert list(document) == ["/**"], f"{path.name}: use the '/**:' wildcard so any node name picks it up"
     return document["/**"]["ros__parameters"]
@@ -49,21 +52,24 @@ def test_config_sets_declared_parameters_with_their_types(path: Path) -> None:
     assert not unknown, f"{path.name} sets undeclared parameters {unknown} (the node would ignore them)"
     for name, value in values.items():
         assert type(value) is type(PARAMETERS[name].default), f"{path.name}: {name}={value!r}"
+        # A default repeated in a file would hide a later change of the default.
+        assert value != PARAMETERS[name].default, f"{path.name} repeats the default {name}={value!r}; leave it out"
     # As shipped (GPU settings included) the engine settings are consistent; this machine may not run them.
     # Weight files are not shipped, so only their absence is allowed to differ.
-    segmenter_config({**{n: s.default for n, s in PARAMETERS.items()}, **values, "weights": ""}).validate()
+    SegmenterConfig.from_parameters({**values, "weights": ""}).validate()
 
 
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, dict[str, NodeProcess]]]:
     """One node per config file, all started at once, each in its own namespace."""
     logs = tmp_path_factory.mktemp("config_logs")
-    nodes = {path.stem: NodeProcess(node_command(f"/{path.stem}", CPU_OVERRIDES, params_file=path),
-                                    logs / f"{path.stem}.log")
+    # No config: the engine is the file's, with only the CPU overrides on top.
+    nodes = {path.stem: NodeProcess(node_command(None, node_settings=CPU_OVERRIDES, namespace=f"/{path.stem}",
+                                                 params_file=path), logs / f"{path.stem}.log")
              for path in CONFIGS}
     client = Client("rtseg_config_test")
     for name in nodes:
-        client.subscribe(f"/{name}/segmentation/label_info", label_info_type(), LATCHED)
+        client.listener(f"/{name}")
     yield client, nodes
     client.close()
     for node in nodes.values():
@@ -79,7 +85,7 @@ def test_node_starts_with_config(path: Path, started: tuple[Client, dict[str, No
     topic = f"/{path.stem}/segmentation/label_info"
     client.wait_for(lambda: bool(client.messages(topic)), STARTUP_TIMEOUT_S, f"{path.name} to start", nodes[path.stem])
     info = label_info_json(client.messages(topic)[-1])
-    values = _parameters(path)
+    values = {**DEFAULTS, **_parameters(path)}
     assert info["model"] == values["model"] and info["label_set"] == values["label_set"]
     assert info["input_size"] == [CPU_OVERRIDES["input_height"], CPU_OVERRIDES["input_width"]]
 
@@ -93,7 +99,8 @@ def _exit(command: list[str], log: Path) -> tuple[int, str]:
 
 def test_missing_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_weights.pth"
-    code, log = _exit(node_command("/missing", {"weights": str(missing)}), tmp_path / "node.log")
+    code, log = _exit(node_command(None, node_settings={"weights": str(missing)}, namespace="/missing"),
+                      tmp_path / "node.log")
     assert code == 2
     assert str(missing) in log and "not found" in log
     assert "set 'weights' to '' to run with untrained random weights" in log
@@ -102,8 +109,9 @@ def test_missing_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> Non
 
 def test_mismatched_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> None:
     camvid = write_random_checkpoint(tmp_path / "atonet_camvid.pth", "atonet", "camvid")
-    code, log = _exit(node_command("/mismatched", {"weights": str(camvid), "model": "atonet", "label_set": "cityscapes",
-                                                   "input_height": 64, "input_width": 128}), tmp_path / "node.log")
+    config = SegmenterConfig(model="atonet", weights=str(camvid), label_set="cityscapes", input_height=64,
+                             input_width=128)
+    code, log = _exit(node_command(config, namespace="/mismatched"), tmp_path / "node.log")
     assert code == 2
     assert f"cannot load weights '{camvid}'" in log and "Point 'weights' at a checkpoint" in log
     assert "Traceback" not in log

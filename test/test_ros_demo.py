@@ -18,10 +18,10 @@ from rtseg_ros.ros.demo import (
     DemoError,
     DemoSettings,
     choose_weights,
+    demo_node_command,
     frame_source,
-    loopback_dds_environment,
-    node_command,
 )
+from rtseg_ros.ros.node_process import loopback_dds_environment
 
 
 def _take(settings: DemoSettings, count: int) -> list[tuple[np.ndarray, str]]:
@@ -116,14 +116,14 @@ def test_node_command_takes_model_and_scales_from_our_checkpoint(tmp_path: Path)
     torch.manual_seed(0)
     weights = save_weights(build_model("mfaranet", num_classes=11, scales=(2,)), tmp_path / "w.pth",
                            model_name="mfaranet", label_set="camvid")
-    command = node_command(DemoSettings(input_size=(64, 128)), str(weights))
+    command = demo_node_command(DemoSettings(input_size=(64, 128)), str(weights))
     assert command[command.index("--params-file") + 1].endswith("config/cpu.yaml")
     overrides = [command[i + 1] for i, arg in enumerate(command) if arg == "-p"]
     for expected in (f'weights:="{weights}"', 'model:="mfaranet"', 'label_set:="camvid"', "scales:=[2]",
                      "input_height:=64", "input_width:=128"):
         assert expected in overrides
     with pytest.raises(DemoError, match="config 'nope.yaml'"):
-        node_command(DemoSettings(config="nope.yaml"), None)
+        demo_node_command(DemoSettings(config="nope.yaml"), None)
 
 
 @pytest.mark.ros

@@ -30,10 +30,18 @@ def test_defines_generate_launch_description(tree: ast.Module) -> None:
     assert "generate_launch_description" in functions
 
 
+def _names_imported(tree: ast.Module) -> set[str]:
+    """What the launch file takes from rtseg_ros.names."""
+    return {alias.name for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "rtseg_ros.names"
+            for alias in node.names}
+
+
 def test_runs_the_node_executable_of_the_package(tree: ast.Module) -> None:
-    assigned = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                for target in node.targets if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant)}
-    assert assigned["PACKAGE"] == "rtseg_ros" and assigned["EXECUTABLE"] == "segmentation_node"
+    from rtseg_ros import names
+
+    # Package and executable names come from the names module, which holds them once.
+    assert {"PACKAGE", "NODE_EXECUTABLE"} <= _names_imported(tree)
+    assert names.PACKAGE == "rtseg_ros" and names.NODE_EXECUTABLE == "segmentation_node"
     (node_call,) = _calls(tree, "Node")
     keywords = {kw.arg: kw.value for kw in node_call.keywords}
     assert {"package", "executable", "parameters", "remappings", "namespace"} <= set(keywords)
@@ -47,11 +55,14 @@ def test_loads_config_from_the_share_dir_and_remaps_the_camera(tree: ast.Module)
     declared = {call.args[0].value for call in _calls(tree, "DeclareLaunchArgument") if call.args
                 and isinstance(call.args[0], ast.Constant)}
     assert {"config", "image_topic", "namespace", "localhost_dds"} <= declared
-    # The per-parameter overrides are declared from a table; the common ones are in it.
-    table = next(node.value for node in tree.body if isinstance(node, ast.Assign)
-                 and getattr(node.targets[0], "id", "") == "PARAMETER_OVERRIDES")
-    overrides = {key.value for key in table.keys}
-    assert {"weights", "model", "input_width", "input_height", "backend", "precision", "device"} <= overrides
+    # The per-parameter overrides are declared from the node's parameter table; the common ones are in it.
+    from rtseg_ros.names import PARAMETERS
+
+    assert "PARAMETERS" in _names_imported(tree)
+    loops = [node for node in ast.walk(tree) if isinstance(node, (ast.For, ast.comprehension))
+             and "PARAMETERS" in ast.unparse(node.iter)]
+    assert len(loops) >= 2, "both the declarations and the overrides should iterate PARAMETERS"
+    assert {"weights", "model", "input_width", "input_height", "backend", "precision", "device"} <= set(PARAMETERS)
 
 
 def test_dds_profile_is_set_only_on_request(tree: ast.Module) -> None:
@@ -80,3 +91,8 @@ def test_generate_launch_description_where_launch_is_installed() -> None:
     assert isinstance(description, LaunchDescription)
     arguments = {arg.name for arg in description.get_launch_arguments()}
     assert {"config", "weights", "image_topic", "namespace"} <= arguments
+    from rtseg_ros.names import PARAMETERS
+
+    assert set(PARAMETERS) <= arguments, "every node parameter is a launch argument"
+    weights = next(arg for arg in description.get_launch_arguments() if arg.name == "weights")
+    assert PARAMETERS["weights"].description in weights.description

@@ -15,18 +15,15 @@ import numpy as np
 import pytest
 
 from ros_helpers import (
-    LATCHED,
     STARTUP_TIMEOUT_S,
     CameraInfo,
     Client,
     CompressedImage,
-    DiagnosticArray,
     Image,
     NodeProcess,
     String,
     image_msg,
     label_info_json,
-    label_info_type,
     labels_of,
     make_header,
     node_command,
@@ -35,7 +32,9 @@ from ros_helpers import (
 )
 from rtseg_ros.datasets.labels import CITYSCAPES
 from rtseg_ros.datasets.synthetic import make_scene
+from rtseg_ros.engines import SegmenterConfig
 from rtseg_ros.io.images import image_msg_to_array
+from rtseg_ros.names import Topics
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -45,11 +44,11 @@ NETWORK_SIZE = (64, 128)  # height, width
 FRAME_SIZE = (72, 120)  # deliberately not the network size
 
 
-def node_parameters(weights: Path, **extra: object) -> dict[str, object]:
-    return {
-        "weights": str(weights), "model": "mfaranet", "input_height": NETWORK_SIZE[0],
-        "input_width": NETWORK_SIZE[1], "qos_reliability": "reliable", "qos_depth": 1, **extra,
-    }
+def start_node(weights: Path, namespace: str, log: Path, **node_settings: object) -> NodeProcess:
+    config = SegmenterConfig(model="mfaranet", weights=str(weights), input_height=NETWORK_SIZE[0],
+                             input_width=NETWORK_SIZE[1])
+    settings = {"qos_reliability": "reliable", "qos_depth": 1, **node_settings}
+    return NodeProcess(node_command(config, node_settings=settings, namespace=namespace), log)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +60,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def nodes(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
     logs = tmp_path_factory.mktemp("logs")
     processes = {
-        RAW: NodeProcess(node_command(RAW, node_parameters(weights)), logs / "raw.log"),
-        COMPRESSED: NodeProcess(node_command(COMPRESSED, node_parameters(weights, input_transport="compressed")),
-                                logs / "compressed.log"),
+        RAW: start_node(weights, RAW, logs / "raw.log"),
+        COMPRESSED: start_node(weights, COMPRESSED, logs / "compressed.log", input_transport="compressed"),
     }
     yield processes
     for process in processes.values():
@@ -75,16 +73,8 @@ def nodes(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
 @pytest.fixture(scope="module")
 def client(nodes: dict[str, NodeProcess]) -> Iterator[Client]:
     client = Client()
-    for ns in (RAW, COMPRESSED):
-        for output in ("labels", "confidence", "overlay"):
-            client.subscribe(f"{ns}/segmentation/{output}", Image)
-        client.subscribe(f"{ns}/segmentation/camera_info", CameraInfo)
-        client.subscribe(f"{ns}/segmentation/label_info", label_info_type(), LATCHED)
-    client.subscribe("/diagnostics", DiagnosticArray)
     for ns, process in nodes.items():
-        client.wait_for(lambda ns=ns: bool(client.messages(f"{ns}/segmentation/label_info")), STARTUP_TIMEOUT_S,
-                        f"{ns} node start-up", process)
-        client.wait_for_subscriber(f"{ns}/image", CompressedImage if ns == COMPRESSED else Image, process)
+        client.wait_ready(ns, process, transport="compressed" if ns == COMPRESSED else "raw")
     yield client
     client.close()
 
@@ -95,20 +85,22 @@ def scene() -> np.ndarray:
 
 
 def segment(client: Client, nodes: dict[str, NodeProcess], msg: Image, ns: str = RAW) -> np.ndarray:
-    (labels,) = client.send_and_collect(f"{ns}/image", msg, [f"{ns}/segmentation/labels"], nodes[ns])
+    (labels,) = client.send_and_collect(ns, msg, [f"{ns}/segmentation/labels"], nodes[ns])
     return labels_of(labels)
 
 
 def test_outputs_carry_the_input_header(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
     info = CameraInfo(header=make_header(), height=FRAME_SIZE[0], width=FRAME_SIZE[1],
                       k=[50.0, 0, 60, 0, 50, 36, 0, 0, 1])
-    client.wait_for_subscriber(f"{RAW}/camera_info", CameraInfo, nodes[RAW])
-    client.publisher(f"{RAW}/camera_info", CameraInfo).publish(info)
+    feeder = client.feeder(RAW)
+    client.wait_for(lambda: feeder.camera_info_subscribers > 0, STARTUP_TIMEOUT_S, "the node's camera_info input",
+                    nodes[RAW])
+    feeder.publish(info)
     client.spin_for(0.3)  # camera_info and image are separate topics: let the info land first
     header = make_header("front_camera")
     outputs = [f"{RAW}/segmentation/{name}" for name in ("labels", "confidence", "overlay", "camera_info")]
     labels, confidence, overlay, camera_info = client.send_and_collect(
-        f"{RAW}/image", image_msg(scene, "rgb8", header), outputs, nodes[RAW])
+        RAW, image_msg(scene, "rgb8", header), outputs, nodes[RAW])
 
     for msg in (labels, confidence, overlay, camera_info):
         assert msg.header.stamp == header.stamp and msg.header.frame_id == "front_camera"
@@ -180,10 +172,10 @@ def test_compressed_input_matches_rgb8(client: Client, nodes: dict[str, NodeProc
 
 def _fresh_diagnostics(client: Client, nodes: dict[str, NodeProcess]) -> dict[str, str]:
     """Values of a diagnostics status of the raw node published after this call."""
-    node_path = f"{RAW}/segmentation_node"
-    seen = len(client.diagnostics(node_path))
-    client.wait_for(lambda: len(client.diagnostics(node_path)) > seen, what="fresh diagnostics", node=nodes[RAW])
-    return client.diagnostics(node_path)[-1]
+    listener = client.listener(RAW)
+    seen = listener.status_count
+    client.wait_for(lambda: listener.status_count > seen, what="fresh diagnostics", node=nodes[RAW])
+    return listener.status
 
 
 def test_malformed_frames_are_counted_and_skipped(client: Client, nodes: dict[str, NodeProcess],
@@ -197,15 +189,15 @@ def test_malformed_frames_are_counted_and_skipped(client: Client, nodes: dict[st
     unknown.encoding = "32FC3"
     empty = Image(header=make_header(), encoding="rgb8", height=0, width=0, step=0)
     broken = [truncated, wrong_step, unknown, empty]
-    publisher = client.publisher(f"{RAW}/image", Image)
+    feeder = client.feeder(RAW)
     for msg in broken:
-        publisher.publish(msg)
+        feeder.publish(msg)
         client.spin_for(0.2)  # with a history depth of 1, a frame right behind would replace it
         # A good frame after each bad one: once its labels are back the worker is idle again, so the
         # next bad frame is looked at instead of being replaced while pending (a drop, not a bad frame).
         assert segment(client, nodes, image_msg(scene, "rgb8")).shape == FRAME_SIZE
     broken_compressed = CompressedImage(header=make_header(), format="jpeg", data=b"\xff\xd8 broken")
-    client.publisher(f"{COMPRESSED}/image", CompressedImage).publish(broken_compressed)
+    client.feeder(COMPRESSED).publish(broken_compressed)
     client.wait_for(lambda: "skipping bad frame" in nodes[COMPRESSED].log(), what="the compressed node's log line")
 
     for msg in broken:
@@ -216,12 +208,38 @@ def test_malformed_frames_are_counted_and_skipped(client: Client, nodes: dict[st
     nodes[COMPRESSED].check_running()
 
 
+def test_shared_clients_reach_the_node_in_its_namespace(nodes: dict[str, NodeProcess], client: Client,
+                                                       scene: np.ndarray) -> None:
+    """The package's own feeder and listener, made with the node's namespace, find its relative topics."""
+    from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
+
+    with ClientSession() as session:
+        feeder = session.add(CameraFeeder(namespace=RAW, frame_id="ns_camera", node_name="rtseg_ns_feeder",
+                                          context=session.context))
+        listener = session.add(OutputListener(namespace=RAW, outputs=(Topics.LABELS,), keep_messages=True,
+                                              listener_name="rtseg_ns_listener", context=session.context))
+        labels_topic = listener.topic(Topics.LABELS)
+        assert (feeder.image_topic, labels_topic) == (f"{RAW}/image", f"{RAW}/segmentation/labels")
+        nodes[RAW].wait_ready(lambda: listener.ready and feeder.connected, STARTUP_TIMEOUT_S, session.spin_once)
+        assert listener.label_info_text  # the latched label_info of the node under /raw
+        header = feeder.publish_frame(scene, "rgb")
+        session.wait_until(lambda: listener.by_stamp(labels_topic, header) is not None, 20.0,
+                           f"labels on {labels_topic}", nodes[RAW])
+        labels = listener.by_stamp(labels_topic, header)
+        assert labels.header.frame_id == "ns_camera" and labels_of(labels).max() < CITYSCAPES.num_classes
+        stats = listener.stats(Topics.LABELS)
+        assert stats.count == 1 and 0 < stats.latencies_ms[0] < 20_000
+        # The node's /diagnostics status is picked out by its full path, /raw/segmentation_node.
+        session.wait_until(lambda: listener.status_count > 0, 5.0, "the /raw node's diagnostics", nodes[RAW])
+        assert listener.node_path == f"{RAW}/segmentation_node" and "frames_dropped" in listener.status
+
+
 def test_label_info_reaches_late_joiners(nodes: dict[str, NodeProcess], client: Client) -> None:
     late = Client("rtseg_late_joiner")
     try:
-        late.subscribe(f"{RAW}/segmentation/label_info", label_info_type(), LATCHED)
-        late.wait_for(lambda: bool(late.messages(f"{RAW}/segmentation/label_info")), what="latched label_info")
-        info = label_info_json(late.messages(f"{RAW}/segmentation/label_info")[-1])
+        listener = late.listener(RAW)
+        late.wait_for(lambda: listener.label_info is not None, what="latched label_info")
+        info = label_info_json(listener.label_info)
     finally:
         late.close()
     assert info["format"] == "rtseg_ros/label_info/1"
@@ -234,18 +252,18 @@ def test_label_info_reaches_late_joiners(nodes: dict[str, NodeProcess], client: 
 def test_fast_publisher_gets_no_backlog(client: Client, nodes: dict[str, NodeProcess], scene: np.ndarray) -> None:
     topic = f"{RAW}/segmentation/labels"
     dropped_before = int(_fresh_diagnostics(client, nodes)["frames_dropped"])
-    publisher = client.publisher(f"{RAW}/image", Image)
+    feeder = client.feeder(RAW)
     burst = [image_msg(scene, "rgb8") for _ in range(150)]
-    first_output = len(client.received[topic])
+    first_output = len(client.received(topic))
     for msg in burst:
-        publisher.publish(msg)
-        client.executor.spin_once(timeout_sec=0.002)
+        feeder.publish(msg)
+        client.session.spin_once(0.002)
     burst_end = time.monotonic()
     last = burst[-1].header
     # The newest frame is always segmented in the end ...
     client.wait_for(lambda: client.by_stamp(topic, last) is not None, what="the last frame of the burst")
     client.spin_for(1.0)  # anything still queued would arrive now
-    outputs = client.received[topic][first_output:]
+    outputs = client.received(topic)[first_output:]
     stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in outputs}
     burst_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in burst}
     assert stamps <= burst_stamps
@@ -297,10 +315,10 @@ def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dic
     if info:
         assert info["input_size"] == [64, 96] and info["output_resolution"] == "network"
     # The swap replaced the engine only: the node's camera subscription is the one it always had.
-    assert client.publisher(f"{RAW}/image", Image).get_subscription_count() == 1
+    assert client.feeder(RAW).subscribers == 1
     header = make_header()
     labels, camera_info = client.send_and_collect(
-        f"{RAW}/image", image_msg(scene, "rgb8", header),
+        RAW, image_msg(scene, "rgb8", header),
         [f"{RAW}/segmentation/labels", f"{RAW}/segmentation/camera_info"], nodes[RAW])
     assert (labels.height, labels.width) == (64, 96)
     assert (camera_info.height, camera_info.width) == (64, 96)
@@ -341,7 +359,7 @@ def test_output_options_change_at_once(client: Client, nodes: dict[str, NodeProc
     try:
         header = make_header()
         labels, confidence = client.send_and_collect(
-            f"{RAW}/image", image_msg(scene, "rgb8", header),
+            RAW, image_msg(scene, "rgb8", header),
             [f"{RAW}/segmentation/labels", f"{RAW}/segmentation/confidence"], nodes[RAW])
         assert confidence.encoding == "mono8" and (confidence.height, confidence.width) == (labels.height, labels.width)
         # 255 x the probability, which is at least 1/19 for the winning class.

@@ -1,8 +1,6 @@
-"""The node's parts in-process: worker and swap policies, statistics, parameters, camera info, overlay."""
+"""The node's parts in-process: statistics, parameters, camera info (the serving policies and the
+overlay are tested without ROS in test_engines_serving.py and test_io_overlay.py)."""
 from __future__ import annotations
-
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,136 +11,18 @@ from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import CameraInfo  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from rtseg_ros.datasets.labels import CAMVID, CITYSCAPES  # noqa: E402
 from rtseg_ros.engines import SegmenterConfig  # noqa: E402
 from rtseg_ros.ros.diagnostics import FrameStatistics, diagnostic_status  # noqa: E402
-from rtseg_ros.ros.inference_worker import EngineState, EngineSwapper, LatestFrameWorker  # noqa: E402
-from rtseg_ros.ros.overlay import overlay_labels  # noqa: E402
 from rtseg_ros.ros.parameters import (  # noqa: E402
     ENGINE_PARAMETERS,
     PARAMETERS,
     ParameterError,
+    descriptor,
     validate_parameters,
 )
-from rtseg_ros.ros.segmentation_node import _config_parameters, scale_camera_info  # noqa: E402
+from rtseg_ros.ros.segmentation_node import scale_camera_info  # noqa: E402
 
 DEFAULTS = {name: spec.default for name, spec in PARAMETERS.items()}
-
-
-def _wait(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
-# Latest-frame worker ------------------------------------------------------------------------
-
-
-def test_worker_handles_only_the_newest_pending_item() -> None:
-    started, release = threading.Event(), threading.Event()
-    handled: list[int] = []
-
-    def handle(item: int) -> None:
-        if item == 0:
-            started.set()
-            release.wait(5)
-        handled.append(item)
-
-    worker = LatestFrameWorker(handle)
-    try:
-        assert worker.submit(0) is False
-        assert started.wait(5)  # item 0 is in hand, blocked
-        displaced = [worker.submit(i) for i in range(1, 6)]
-        assert displaced == [False, True, True, True, True]
-        release.set()
-        _wait(lambda: len(handled) == 2)
-        time.sleep(0.05)
-        assert handled == [0, 5]
-    finally:
-        worker.stop()
-
-
-def test_worker_survives_a_failing_handler() -> None:
-    failed = threading.Event()
-    handled: list[int] = []
-
-    def handle(item: int) -> None:
-        if item == 1:
-            failed.set()
-            raise RuntimeError("boom")
-        handled.append(item)
-
-    worker = LatestFrameWorker(handle)
-    try:
-        worker.submit(1)
-        assert failed.wait(5)
-        worker.submit(2)
-        _wait(lambda: handled == [2])
-    finally:
-        worker.stop()
-
-
-# Engine swap --------------------------------------------------------------------------------
-
-
-def test_old_engine_serves_until_the_new_one_is_built() -> None:
-    gate = threading.Event()
-    swapped: list[str] = []
-
-    def build(config: str) -> str:
-        if config == "slow":
-            gate.wait(5)
-        return f"engine:{config}"
-
-    swapper = EngineSwapper(build, "first", on_swap=swapped.append)
-    assert swapper.rebuild("slow") is True
-    assert swapper.state == EngineState.REBUILDING and swapper.engine == "engine:first"
-    gate.set()
-    swapper.wait_idle(5)
-    assert (swapper.engine, swapper.config, swapper.state, swapped) == ("engine:slow", "slow", "serving", ["slow"])
-    assert swapper.rebuild("slow") is False  # already serving
-
-
-def test_a_failed_rebuild_keeps_the_old_engine() -> None:
-    failures: list[tuple[str, str]] = []
-
-    def build(config: str) -> str:
-        if config == "bad":
-            raise ValueError("no such weights")
-        return f"engine:{config}"
-
-    swapper = EngineSwapper(build, "good", on_failure=lambda config, error: failures.append((config, str(error))))
-    swapper.rebuild("bad")
-    swapper.wait_idle(5)
-    assert swapper.engine == "engine:good" and swapper.state == EngineState.REBUILD_FAILED
-    assert swapper.last_error == "no such weights" and failures == [("bad", "no such weights")]
-
-
-def test_only_the_latest_of_overlapping_rebuilds_is_swapped_in() -> None:
-    gates = {"a": threading.Event(), "b": threading.Event()}
-
-    def build(config: str) -> str:
-        if config in gates:
-            gates[config].wait(5)
-        return config
-
-    swapper = EngineSwapper(build, "start")
-    swapper.rebuild("a")
-    swapper.rebuild("b")
-    gates["b"].set()
-    _wait(lambda: swapper.engine == "b")
-    gates["a"].set()  # finishes last, but was superseded
-    swapper.wait_idle(5)
-    assert swapper.engine == "b" and swapper.config == "b"
-
-
-def test_start_up_errors_reach_the_caller() -> None:
-    def build(config: str) -> str:
-        raise FileNotFoundError(config)
-
-    with pytest.raises(FileNotFoundError):
-        EngineSwapper(build, "missing.pth")
 
 
 # Statistics ---------------------------------------------------------------------------------
@@ -205,25 +85,36 @@ def test_invalid_parameters_are_rejected_with_a_reason(change: dict, reason: str
         validate_parameters({**DEFAULTS, **change})
 
 
+@pytest.mark.parametrize("change,reason", [
+    ({"input_width": "wide"}, r"input_width must be in \[32, 8192\]; got 'wide'"),
+    ({"scales": "2"}, r"scales must be in \[1, 4\]"),
+    ({"overlay_alpha": "half"}, r"overlay_alpha must be in \[0.0, 1.0\]"),
+])
+def test_values_of_the_wrong_type_are_rejected_with_a_reason(change: dict, reason: str) -> None:
+    with pytest.raises(ParameterError, match=reason):
+        validate_parameters({**DEFAULTS, **change})
+
+
 def test_descriptors_carry_ranges_and_choices() -> None:
-    width = PARAMETERS["input_width"].descriptor("input_width")
+    width = descriptor("input_width")
     (width_range,) = width.integer_range
     assert (width_range.from_value, width_range.to_value, width_range.step) == (32, 8192, 32)
-    assert "atonet" in PARAMETERS["model"].descriptor("model").additional_constraints
-    assert PARAMETERS["qos_depth"].descriptor("qos_depth").read_only
-    alpha = PARAMETERS["overlay_alpha"].descriptor("overlay_alpha").floating_point_range[0]
+    assert "atonet" in descriptor("model").additional_constraints
+    assert descriptor("qos_depth").read_only
+    assert "each element in [1, 4]" in descriptor("scales").additional_constraints
+    alpha = descriptor("overlay_alpha").floating_point_range[0]
     assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
     assert all(spec.description for spec in PARAMETERS.values())
 
 
 def test_config_maps_back_to_the_engine_parameters() -> None:
     config = validate_parameters({**DEFAULTS, "scales": [2], "input_width": 512})
-    values = _config_parameters(config)
+    values = config.to_parameters()
     assert set(values) == ENGINE_PARAMETERS
     assert validate_parameters({**DEFAULTS, **values}) == config
 
 
-# Camera info and overlay --------------------------------------------------------------------
+# Camera info ----------------------------------------------------------------------------
 
 
 def test_camera_info_is_scaled_to_the_label_size() -> None:
@@ -241,18 +132,3 @@ def test_camera_info_is_scaled_to_the_label_size() -> None:
     assert (info.width, info.k[0], info.roi.x_offset, info.roi.width) == (640, 500.0, 64, 320)
     same = scale_camera_info(info, 640, 480, header)
     assert same is not info and list(same.k) == list(info.k) and same.roi.width == 320
-
-
-def test_overlay_blends_palette_colours_over_the_frame() -> None:
-    frame = np.zeros((8, 12, 3), np.uint8)
-    labels = np.zeros((4, 6), np.uint8)
-    labels[:, 3:] = 2
-    overlay = overlay_labels(frame, "rgb", labels, CITYSCAPES, alpha=1.0)
-    assert overlay.shape == (4, 6, 3)
-    np.testing.assert_array_equal(overlay[0, 0], CITYSCAPES.colors[0])
-    np.testing.assert_array_equal(overlay[0, 5], CITYSCAPES.colors[2])
-    white_bgr = np.full((4, 6, 3), (255, 0, 0), np.uint8)  # blue in BGR
-    half = overlay_labels(white_bgr, "bgr", np.zeros((4, 6), np.uint8), CAMVID, alpha=0.5)
-    np.testing.assert_allclose(half[0, 0], (np.array(CAMVID.colors[0]) + [0, 0, 255]) / 2, atol=1)
-    with pytest.raises(ValueError, match="color_order"):
-        overlay_labels(frame, "hsv", labels, CITYSCAPES)

@@ -1,5 +1,7 @@
-"""Training parts: losses, augmentation, sampler, recipes, the CLI, and the fail-fast checks."""
+"""Training parts: losses, augmentation, sampler, recipes, the CLI, the loop's pieces, and the fail-fast checks."""
 from __future__ import annotations
+
+import logging
 
 import cv2
 import numpy as np
@@ -19,7 +21,8 @@ from rtseg_ros.training.losses import (
     downsample_labels,
 )
 from rtseg_ros.training.recipe import RecipeError, builtin_recipes, load_recipe
-from rtseg_ros.training.trainer import CheckpointError, Trainer
+from rtseg_ros.training.checkpoints import CheckpointError
+from rtseg_ros.training.trainer import Trainer
 from rtseg_ros.training.transforms import (
     IMAGENET_MEAN,
     PhotometricJitter,
@@ -201,6 +204,215 @@ def test_cli_lists_shows_and_reports_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# The loop's pieces: schedule, optimizer, train_one_epoch / evaluate, the run log, checkpoints, DDP helpers
+
+
+class _PixelModel(torch.nn.Module):
+    """A 1x1 convolution with the model contract the loop uses (``forward`` with ``output_size``, ``forward_train``)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Conv2d(3, 4, 1)
+        self.classifier = torch.nn.Conv2d(4, num_classes, 1)
+
+    def forward(self, x, output_size=None):
+        logits = self.classifier(self.encoder(x))
+        return F.interpolate(logits, size=tuple(output_size or x.shape[-2:]), mode="nearest")
+
+    def forward_train(self, x):
+        return {"out": self.forward(x)}
+
+
+def _cross_entropy(outputs, labels):
+    loss = F.cross_entropy(outputs["out"], labels, ignore_index=255)
+    return loss, {"main": float(loss.detach())}
+
+
+def _optimisation(model, lr=0.1):
+    from rtseg_ros.training.optim import build_optimizer, build_scheduler
+
+    optim = {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
+             "backbone_lr_mult": 0.1, "decoder_lr_mult": 1.0, "backbone_wd_mult": 1.0, "schedule": "poly",
+             "power": 1.0, "min_lr": 0.0}
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_scheduler(optimizer, optim, total=10, iterations_per_epoch=5, epochs=2)
+    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False)
+
+
+def test_schedule_factors_poly_per_iteration_and_cosine_per_epoch():
+    from rtseg_ros.training.optim import ScheduleFactor
+
+    poly = ScheduleFactor("poly", total=10, iterations_per_epoch=5, epochs=2, power=2.0, floor=0.0)
+    assert poly(0) == 1.0 and poly(5) == pytest.approx(0.25) and poly(10) == 0.0 and poly(12) == 0.0
+    cosine = ScheduleFactor("cosine", total=20, iterations_per_epoch=5, epochs=4, power=0.9, floor=0.1)
+    assert cosine(0) == cosine(4) == 1.0  # constant within an epoch
+    assert cosine(10) == pytest.approx(0.1 + 0.9 * 0.5) and cosine(20) == pytest.approx(0.1)
+    assert ScheduleFactor("constant", 10, 5, 2, 0.9, 0.0)(7) == 1.0
+
+
+def test_optimizer_groups_are_encoder_then_the_rest():
+    model = _PixelModel()
+    optimizer, scheduler, _ = _optimisation(model, lr=0.1)
+    encoder, decoder = optimizer.param_groups
+    assert [p is q for p, q in zip(encoder["params"], model.encoder.parameters())] == [True, True]
+    assert encoder["lr"] == pytest.approx(0.01) and decoder["lr"] == pytest.approx(0.1)
+    # The schedule is saved with the scheduler: what a resume file holds.
+    assert scheduler.state_dict()["lr_lambdas"][0]["kind"] == "poly"
+
+
+def test_train_one_epoch_steps_until_end_and_reports_each_step():
+    from rtseg_ros.training.loop import TrainingForward, train_one_epoch
+
+    torch.manual_seed(0)
+    model = _PixelModel()
+    optimizer, scheduler, scaler = _optimisation(model)
+    batches = [(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))) for _ in range(5)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    done = train_one_epoch(TrainingForward(model, _cross_entropy), batches, optimizer=optimizer, scheduler=scheduler,
+                           scaler=scaler, device=torch.device("cpu"), amp=False, iteration=2, end=4,
+                           after_step=lambda it, loss, parts: seen.append((it, loss, set(parts))))
+    assert done == 4 and [s[0] for s in seen] == [3, 4] and all(s[2] == {"main"} for s in seen)
+    assert all(np.isfinite(s[1]) for s in seen)
+    assert scheduler.last_epoch == 2 and not torch.equal(before["classifier.weight"], model.classifier.weight)
+    # Nothing left to do: no step at all.
+    assert train_one_epoch(TrainingForward(model, _cross_entropy), batches, optimizer=optimizer, scheduler=scheduler,
+                           scaler=scaler, device=torch.device("cpu"), amp=False, iteration=4, end=4) == 4
+    assert scheduler.last_epoch == 2
+
+
+def test_train_step_refuses_a_non_finite_loss_before_updating():
+    from rtseg_ros.training.loop import TrainingForward, train_step
+
+    model = _PixelModel()
+    optimizer, scheduler, scaler = _optimisation(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.full((1, 3, 4, 4), float("nan"))
+    with pytest.raises(FloatingPointError, match="iteration 7"):
+        train_step(TrainingForward(model, _cross_entropy), images, torch.zeros(1, 4, 4, dtype=torch.long),
+                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=torch.device("cpu"), amp=False,
+                   iteration=7)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_evaluate_scores_at_label_size_and_restores_the_mode():
+    from rtseg_ros.metrics import ConfusionMatrix
+    from rtseg_ros.training.loop import evaluate
+
+    torch.manual_seed(0)
+    model = _PixelModel().train()
+    images = torch.randn(3, 3, 4, 6)
+    labels = torch.randint(0, 3, (3, 8, 12))  # twice the image size: the model's resize takes the logits there
+    labels[0, 0, :4] = 255
+    labels[1, 1, :2] = 9  # neither a class nor ignored
+    loader = [(images[:2], labels[:2]), (images[2:], labels[2:])]
+    matrix, unknown = evaluate(model, loader, 3, device=torch.device("cpu"))
+    assert model.training and unknown == 2
+    expected = ConfusionMatrix(3)
+    with torch.no_grad():
+        predictions = model.eval()(images, output_size=(8, 12)).argmax(1).numpy()
+    for prediction, truth in zip(predictions, labels.numpy()):
+        expected.update(prediction, truth)
+    assert np.array_equal(matrix.matrix, expected.matrix) and matrix.matrix.sum() == 3 * 8 * 12 - 4 - 2
+
+
+def test_run_log_rows_and_append_on_resume(tmp_path):
+    import csv
+
+    from rtseg_ros.training.metrics_log import CSV_COLUMNS, CSV_FILE, RunLog
+
+    settings = dict(total=6, iterations_per_epoch=4, log_every=2, tensorboard=False, progress=False)
+    with RunLog(tmp_path / "run", enabled=True, iteration=0, **settings) as log:
+        for iteration, loss in enumerate((1.0, 3.0, 5.0), start=1):
+            log.train_step(iteration, loss, {"main": loss}, lr=0.01, miou=float("nan"))
+        log.validation(3, 0.5, 0.75, best=True)
+    with RunLog(tmp_path / "run", enabled=True, iteration=3, **settings) as log:  # a resumed session
+        log.train_step(4, 7.0, {"main": 7.0}, lr=0.005, miou=0.5)
+    with open(tmp_path / "run" / CSV_FILE, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(r["kind"], r["iteration"], r["epoch"], r["loss"], r["miou"]) for r in rows] == [
+        ("train", "2", "0.500", "2.00000", ""),  # the mean of the two steps since the last row
+        ("val", "3", "0.750", "", "0.500000"),
+        ("train", "4", "1.000", "7.00000", ""),  # appended, one header
+    ]
+    assert rows[0]["lr"] == "0.01" and all(float(r["seconds"]) >= 0 for r in rows)
+    # On any other rank nothing is written.
+    with RunLog(tmp_path / "other", enabled=False, iteration=0, **settings) as log:
+        log.train_step(2, 1.0, {}, lr=0.01, miou=0.0)
+        log.validation(2, 0.5, 0.5, best=True)
+    assert not (tmp_path / "other").exists()
+
+
+def test_progress_keeps_the_best_validation():
+    from rtseg_ros.training.checkpoints import Progress
+
+    progress = Progress()
+    assert not progress.validated_here
+    progress.iteration = 2
+    assert not progress.record_validation(0.5, float("nan"), 0.0)  # nan is never best
+    assert progress.validated_here
+    progress.iteration = 4
+    assert progress.record_validation(1.0, 0.4, 0.9) and progress.best_miou == 0.4
+    progress.iteration = 6
+    assert not progress.record_validation(1.5, 0.3, 0.8)
+    assert (progress.best_miou, progress.last_miou) == (0.4, 0.3)
+    assert [h["iteration"] for h in progress.history] == [2, 4, 6]
+
+
+def test_rng_state_round_trips_every_generator():
+    import random
+
+    from rtseg_ros.training.checkpoints import restore_rng_state, rng_state
+
+    state = rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(state)
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+
+
+def test_resume_from_another_recipe_names_what_differs():
+    from rtseg_ros.training.checkpoints import check_resume_compatible
+
+    recipe = load_recipe("synthetic")
+    saved = load_recipe("synthetic", ["optim.lr=0.5", "train.seed=3"])
+    state = {"training": {"recipe": saved, "world_size": 1}}
+    with pytest.raises(CheckpointError, match=r"different optim, train\.seed; .*init\.weights=last\.pth"):
+        check_resume_compatible(state, recipe, 1, "last.pth")
+    same = {"training": {"recipe": load_recipe("synthetic", ["output.log_every=1"]), "world_size": 2}}
+    with pytest.raises(CheckpointError, match=r"2 process\(es\).*now 1"):
+        check_resume_compatible(same, recipe, 1, "last.pth")
+    check_resume_compatible({"training": {**same["training"], "world_size": 1}}, recipe, 1, "last.pth")
+
+
+def test_single_process_distributed_helpers_are_no_ops(monkeypatch):
+    from rtseg_ros.training.distributed import (
+        DistributedContext,
+        all_reduce_sum,
+        data_parallel,
+        device_kind,
+        gather_objects,
+        init_distributed,
+        select_device,
+    )
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    context = init_distributed("cpu")
+    assert context == DistributedContext() and context.is_main and not context.distributed
+    module = torch.nn.Linear(2, 2)
+    assert data_parallel(module, torch.device("cpu"), context, sync_bn=True) is module
+    values = np.arange(4)
+    assert all_reduce_sum(values, torch.device("cpu"), context) is values
+    assert gather_objects({"a": 1}, context) == [{"a": 1}]
+    assert device_kind("cpu") == "cpu" and device_kind("cuda:1") == "cuda"
+    assert select_device("cpu", context) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RecipeError, match="CUDA is not available"):
+            select_device("cuda", context)
+
+
+# --------------------------------------------------------------------------------------------------
 # Fail fast: errors before the first iteration
 
 
@@ -258,8 +470,15 @@ def test_fine_tuning_to_another_class_count_reinitialises_and_names_the_heads(tm
     source = build_model("atonet", 19, training_heads=True)
     path = save_weights(source, tmp_path / "cityscapes.pth", model_name="atonet", label_set="cityscapes")
     # Cityscapes weights -> the 11 CamVid classes (the synthetic scenes regrouped into CamVid ids).
-    with caplog.at_level("INFO", logger="rtseg_ros.training.trainer"):
-        trainer = Trainer(_tiny_recipe(tmp_path, "model.label_set=camvid", f"init.weights={path}"))
+    # The handler goes on the trainer's logger itself: with launch_testing's pytest plugin loaded, the
+    # loggers created after it (a launch LaunchLogger class) do not propagate to caplog's root handler.
+    logger = logging.getLogger("rtseg_ros.training.trainer")
+    with caplog.at_level("INFO", logger=logger.name):
+        logger.addHandler(caplog.handler)
+        try:
+            trainer = Trainer(_tiny_recipe(tmp_path, "model.label_set=camvid", f"init.weights={path}"))
+        finally:
+            logger.removeHandler(caplog.handler)
     assert trainer.num_classes == 11
     message = next(r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage())
     assert "19 classes" in message and "to 11 classes" in message and "classifier" in message

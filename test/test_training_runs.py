@@ -20,7 +20,8 @@ from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.metrics import ConfusionMatrix
 from rtseg_ros.nets import build_model, load_weights
 from rtseg_ros.training.recipe import load_recipe
-from rtseg_ros.training.trainer import RESUME_FILE, Trainer, read_resume_checkpoint, run_training
+from rtseg_ros.training.checkpoints import RESUME_FILE, read_resume_checkpoint
+from rtseg_ros.training.trainer import Trainer, run_training
 
 HEIGHT, WIDTH, MIN_OBJECT_WIDTH = 64, 128, 8
 TRAIN_SCENES, VAL_SCENES = 64, 8

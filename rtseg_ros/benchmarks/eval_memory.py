@@ -28,6 +28,7 @@ from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.evaluation.evaluator import Prediction, SegmenterPredictor, run_evaluation
 from rtseg_ros.evaluation.sources import BagSource, EvalFrame
 from rtseg_ros.io.bags import write_frames
+from rtseg_ros.skips import SkipTally
 
 
 def rss_mib() -> float:
@@ -48,10 +49,9 @@ class SampledSource:
         self.samples: list[tuple[int, float]] = []
         self.after_mib: float | None = None
         self.total, self.description = source.total, source.description
-        self.tally = source.tally
 
-    def __iter__(self) -> Iterator[EvalFrame]:
-        for index, frame in enumerate(self.source):
+    def frames(self, skipped: SkipTally) -> Iterator[EvalFrame]:
+        for index, frame in enumerate(self.source.frames(skipped)):
             if index % self.every == 0:
                 self.samples.append((index, rss_mib()))
             yield frame

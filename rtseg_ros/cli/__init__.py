@@ -15,19 +15,23 @@ from rtseg_ros import __version__
 SUBCOMMANDS: dict[str, str] = {
     "info": "rtseg_ros.cli.info:info",
     "bench": "rtseg_ros.cli.bench:bench",
+    "build-engine": "rtseg_ros.cli.build_engine:build_engine",
     "make-bag": "rtseg_ros.cli.evaluate:make_bag",
     "eval": "rtseg_ros.cli.evaluate:evaluate",
     "train": "rtseg_ros.cli.train:train",
     "demo": "rtseg_ros.cli.demo:demo",
+    "params": "rtseg_ros.cli.params:params",
 }
 
 SUMMARIES: dict[str, str] = {
     "info": "Parameters and GFLOPs of a model's inference graph.",
     "bench": "Latency/FPS/memory matrix over models, resolutions, backends and precisions.",
+    "build-engine": "Build and cache the engines a node config needs for one camera size, then exit.",
     "make-bag": "Turn a Cityscapes or CamVid split into a rosbag2 with ground truth.",
     "eval": "Accuracy and latency of a model on a rosbag or a data set folder.",
     "train": "Train or fine-tune MFARANet / ATONet from a recipe.",
     "demo": "Run the segmentation node on a camera source and print live statistics.",
+    "params": "The segmentation node's parameters as a Markdown table.",
 }
 
 

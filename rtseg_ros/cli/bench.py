@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from rtseg_ros.cli.options import parse_scales, parse_size
+from rtseg_ros.cli.options import ALL_SCALES_TEXT, parse_scales, parse_size
+from rtseg_ros.names import BACKENDS, MODEL_NAMES, OUTPUT_RESOLUTIONS, PRECISIONS
 
 SIZE_HELP = "HEIGHTxWIDTH, e.g. 512x1024"
 
@@ -23,21 +24,20 @@ def _weights(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", "models", multiple=True, default=("mfaranet",), type=click.Choice(["mfaranet", "atonet"]),
+@click.option("--model", "models", multiple=True, default=(MODEL_NAMES[0],), type=click.Choice(MODEL_NAMES),
               help="Network(s) to measure (repeat the option for several).")
 @click.option("--resolution", "resolutions", multiple=True, default=("512x1024",),
               help=f"Network input size(s), {SIZE_HELP}.")
-@click.option("--scales", "scales", multiple=True, default=("1,2,3,4",),
-              help="MFARANet stage set(s), e.g. 1,2,3,4 (full) or 2 (pruned).")
-@click.option("--backend", "backends", multiple=True, default=("torch", "compile", "onnxruntime", "tensorrt"),
-              type=click.Choice(["torch", "compile", "onnxruntime", "tensorrt"]),
+@click.option("--scales", "scales", multiple=True, default=(ALL_SCALES_TEXT,),
+              help=f"MFARANet stage set(s), e.g. {ALL_SCALES_TEXT} (full) or 2 (pruned).")
+@click.option("--backend", "backends", multiple=True, default=BACKENDS, type=click.Choice(BACKENDS),
               help="Backend(s); those this machine cannot run are listed as skipped.")
-@click.option("--precision", "precisions", multiple=True, default=("fp32",),
-              type=click.Choice(["fp32", "fp16", "int8"]), help="Precision(s).")
+@click.option("--precision", "precisions", multiple=True, default=(PRECISIONS[0],), type=click.Choice(PRECISIONS),
+              help="Precision(s).")
 @click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
 @click.option("--frame-size", default="1024x2048",
               help=f"Camera frame size fed to both pipelines ({SIZE_HELP}), or 'network' for the network size.")
-@click.option("--output-resolution", default="input", type=click.Choice(["input", "network"]),
+@click.option("--output-resolution", default=OUTPUT_RESOLUTIONS[0], type=click.Choice(OUTPUT_RESOLUTIONS),
               help="Labels at the frame's size (input) or the network's.")
 @click.option("--confidence/--no-confidence", default=False, help="Also compute and download confidence.")
 @click.option("--warmup", default=2, type=click.IntRange(min=0), help="Untimed frames per row after building.")
@@ -46,12 +46,26 @@ def _weights(values: tuple[str, ...]) -> dict[str, str]:
               help="Checkpoint per model (random weights otherwise; timing does not depend on them).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Engine cache folder.")
+@click.option("--calibration-data", type=click.Path(exists=True), default=None,
+              help="int8 calibration frames (a folder of images, a video or a rosbag2); default: synthetic "
+                   "scenes written to the cache.")
+@click.option("--calibration-frames", default=64, type=click.IntRange(min=1), help="Frames int8 calibrates on.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the table, with the command and the machine, as Markdown here.")
 def bench(models, resolutions, scales, backends, precisions, device, frame_size, output_resolution, confidence,
-          warmup, iters, weights, threads, cache_dir, json_path) -> None:
+          warmup, iters, weights, threads, cache_dir, calibration_data, calibration_frames, json_path,
+          markdown_path) -> None:
     """Latency/FPS/memory matrix over models, resolutions, scales, backends and precisions.
 
-    Each row also times the authors'-style pipeline on the same frames and prints ours/baseline.
+    The rows of one model, resolution and scales run in one loop with the authors'-style pipeline:
+    every frame goes through the baseline and each engine in turn. Each row reports its speed-up over
+    the baseline as the median and interquartile range of the per-frame ratios, its pre/post share,
+    and for int8 its label agreement with fp32 on the same frames.
+
+    \b
+    rtseg bench --model mfaranet --backend torch --backend onnxruntime --backend openvino \\
+        --precision fp32 --precision int8 --json bench.json --markdown bench.md
     """
     import torch
 
@@ -61,6 +75,7 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
         format_table,
         machine_info,
         run_matrix,
+        write_markdown,
         write_report,
     )
 
@@ -70,13 +85,15 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
     settings = BenchSettings(
         frame_size=None if frame_size == "network" else parse_size(frame_size),
         output_resolution=output_resolution, warmup=warmup, iters=iters, weights=_weights(weights),
-        cache_dir=cache_dir, want_confidence=confidence)
+        cache_dir=cache_dir, want_confidence=confidence, calibration_data=calibration_data,
+        calibration_frames=calibration_frames)
     cases = expand_matrix(models, [parse_size(r) for r in resolutions], [parse_scales(s) for s in scales], backends,
                           precisions, device)
     machine = machine_info()
     click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
                f"GPU {machine['gpu'] or 'none'}; torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
-               f"torch_tensorrt {machine['torch_tensorrt'] or '-'}")
+               f"openvino {machine['openvino'] or '-'}, torch_tensorrt {machine['torch_tensorrt'] or '-'}; "
+               f"load average {machine['load_average'][0]:.2f}")
     rows, skipped = [], []
     for case, outcome in run_matrix(cases, settings):
         label = f"{case.model} {case.height}x{case.width} scales={','.join(map(str, case.scales))} " \
@@ -88,10 +105,17 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
         rows.append(outcome)
         click.echo(f"{label}: e2e {outcome['e2e_ms_median']:.1f} ms (p95 {outcome['e2e_ms_p95']:.1f}), "
                    f"baseline {outcome['baseline_e2e_ms_median']:.1f} ms, "
-                   f"ours/baseline {outcome['ours_over_baseline']:.2f}")
+                   f"ours/baseline {outcome['ours_over_baseline']:.2f}, per-frame speed-up "
+                   f"{outcome['speedup_pairs_median']:.2f}x (IQR {outcome['speedup_pairs_iqr'][0]:.2f}-"
+                   f"{outcome['speedup_pairs_iqr'][1]:.2f})"
+                   + (f", labels = fp32 on {outcome['label_agreement_vs_fp32']:.2%}"
+                      if outcome.get("label_agreement_vs_fp32") is not None else ""))
     click.echo("")
     click.echo(format_table(rows) if rows else "no rows could run on this machine")
+    command = " ".join(["rtseg bench", *(shlex.quote(a) for a in sys.argv[2:])])
     if json_path:
-        command = " ".join(["rtseg bench", *(shlex.quote(a) for a in sys.argv[2:])])
         write_report(json_path, rows, skipped, settings, command, machine)
         click.echo(f"wrote {json_path}")
+    if markdown_path:
+        write_markdown(markdown_path, rows, skipped, command, machine)
+        click.echo(f"wrote {markdown_path}")

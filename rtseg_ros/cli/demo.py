@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from rtseg_ros.cli.options import size_callback
+from rtseg_ros.names import MODEL_NAMES
 from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
 
 
@@ -16,7 +17,7 @@ from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
               help="Checkpoint. Default: the toy model of `rtseg train synthetic` if present, else untrained weights.")
 @click.option("--config", default="cpu.yaml", show_default=True,
               help="Node parameter file: a name in the package's config folder or a path.")
-@click.option("--model", type=click.Choice(["mfaranet", "atonet"]), default=None,
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=None,
               help="Override the config's (or the checkpoint's) model.")
 @click.option("--input-size", callback=size_callback, default=None, metavar="HxW",
               help="Network input size, multiples of 32. Default: the config's.")

@@ -8,9 +8,11 @@ from typing import Any
 import click
 import yaml
 
-from rtseg_ros.cli.options import parse_scales, parse_size
+from rtseg_ros.cli.options import ALL_SCALES_TEXT, parse_scales, parse_size
 from rtseg_ros.datasets import DATASET_NAMES
+from rtseg_ros.engines.config import SegmenterConfig
 from rtseg_ros.io.bags import STORAGES
+from rtseg_ros.names import BACKENDS, LABEL_SET_NAMES, MODEL_NAMES, OUTPUT_RESOLUTIONS, PRECISIONS, SIZE_MULTIPLE
 
 LOG = logging.getLogger(__name__)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -79,19 +81,20 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
 @click.command(context_settings=CONTEXT)
 @click.argument("bag", required=False, type=click.Path(path_type=Path))
 @_dataset_options
-@click.option("--model", type=click.Choice(["mfaranet", "atonet"]), default="mfaranet", show_default=True)
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=SegmenterConfig.model, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint; without it the weights are random.")
-@click.option("--label-set", type=click.Choice(["cityscapes", "camvid"]),
+@click.option("--label-set", type=click.Choice(LABEL_SET_NAMES),
               help="Classes of the ground truth; default: the data set's own, else the one make-bag recorded "
                    "in the bag, else cityscapes.")
-@click.option("--backend", type=click.Choice(["torch", "compile", "tensorrt", "onnxruntime"]), default="torch",
-              show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--scales", default="1,2,3,4", show_default=True, help="MFARANet scales fused (subset of 1..4).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=SegmenterConfig.backend, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=SegmenterConfig.precision, show_default=True)
+@click.option("--device", default=SegmenterConfig.device, show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--scales", default=ALL_SCALES_TEXT, show_default=True,
+              help=f"MFARANet scales fused (subset of {ALL_SCALES_TEXT}).")
 @click.option("--input-size", default="512x1024", show_default=True,
               help="Network input HEIGHTxWIDTH, or 'full' for the frames' own size (paper-style validation).")
-@click.option("--output-resolution", type=click.Choice(["input", "network"]), default="input", show_default=True)
+@click.option("--output-resolution", type=click.Choice(OUTPUT_RESOLUTIONS), default=SegmenterConfig.output_resolution,
+              show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Report JSON; the Markdown summary, heatmap, overlays and per-frame log go next to it.")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -145,9 +148,6 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
         click.secho(f"WARNING: no --weights given: {model} runs with RANDOM weights, the scores are meaningless "
                     "except as a pipeline check", fg="red", bold=True, err=True)
     size = _parse_input_size(input_size)
-    settings = {"name": model, "weights": weights, "weights_sha256": _weights_hash(weights),
-                "scales": list(parse_scales(scales)), "backend": backend, "precision": precision, "device": device,
-                "output_resolution": output_resolution}
     mapping = _load_label_map(label_map)
     try:
         def make_source() -> Any:
@@ -159,13 +159,16 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
         source = make_source()
         if size is None:
             size = _frame_size(make_source())
-        settings["input_size"] = list(size)
+        config = SegmenterConfig(model=model, weights=weights, label_set=labels.name, input_height=size[0],
+                                 input_width=size[1], scales=parse_scales(scales), backend=backend,
+                                 precision=precision, device=device, output_resolution=output_resolution)
+        settings = config.to_settings(weights_sha256=_weights_hash(weights))
         if live:
             report = _evaluate_live(bag, labels, settings, json_path, rate_factor, start_node, namespace, timeout_s,
                                     max_frames, overlays, progress)
         else:
-            report = _evaluate_in_process(source, labels, settings, json_path, export_dir, overlays, max_frames,
-                                          progress, mode="bag" if bag is not None else "dataset")
+            report = _evaluate_in_process(source, labels, config, settings, json_path, export_dir, overlays,
+                                          max_frames, progress, mode="bag" if bag is not None else "dataset")
     except (DatasetError, BagError) as exc:
         raise click.ClickException(str(exc)) from exc
     _print_summary(report, json_path)
@@ -194,24 +197,23 @@ def _weights_hash(weights: str | None) -> str | None:
 
 
 def _frame_size(source: Any) -> tuple[int, int]:
-    """The first readable frame's size, rounded up to the networks' multiple of 32."""
-    for frame in source:
+    """The first readable frame's size, rounded up to the networks' size multiple."""
+    from rtseg_ros.skips import SkipTally
+
+    # A look ahead only: what it skips is counted again, in the evaluation's own tally, by the run.
+    for frame in source.frames(SkipTally()):
         height, width = frame.image.shape[:2]
-        return (-(-height // 32) * 32, -(-width // 32) * 32)
+        return (-(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE)
     raise click.ClickException("no readable frame to take --input-size full from")
 
 
-def _evaluate_in_process(source: Any, labels: Any, settings: dict[str, Any], json_path: Path,
+def _evaluate_in_process(source: Any, labels: Any, config: Any, settings: dict[str, Any], json_path: Path,
                          export_dir: Path | None, overlays: int, max_frames: int | None, progress: bool,
                          mode: str) -> dict[str, Any]:
-    from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig
+    """Score ``config``'s Segmenter in this process; ``settings`` is its report block (:meth:`to_settings`)."""
+    from rtseg_ros.engines import ConfigError, Segmenter
     from rtseg_ros.evaluation.evaluator import SegmenterPredictor, run_evaluation
 
-    height, width = settings["input_size"]
-    config = SegmenterConfig(model=settings["name"], weights=settings["weights"], label_set=labels.name,
-                             input_height=height, input_width=width, scales=tuple(settings["scales"]),
-                             backend=settings["backend"], precision=settings["precision"], device=settings["device"],
-                             output_resolution=settings["output_resolution"])
     try:
         segmenter = Segmenter(config)
         segmenter.warmup()
@@ -226,7 +228,7 @@ def _evaluate_live(bag: Path, labels: Any, settings: dict[str, Any], json_path: 
                    start_node: bool, namespace: str, timeout_s: float, max_frames: int | None, overlays: int,
                    progress: bool) -> dict[str, Any]:
     try:
-        from rtseg_ros.ros.bag_player import LiveOptions, run_live_evaluation
+        from rtseg_ros.ros.live_evaluation import LiveOptions, run_live_evaluation
     except ImportError as exc:
         raise click.ClickException(f"live mode needs rclpy and sensor_msgs (pip install 'rtseg_ros[ros]'): {exc}")
     options = LiveOptions(rate_factor=rate_factor, start_node=start_node, namespace=namespace,

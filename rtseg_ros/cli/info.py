@@ -5,15 +5,15 @@ import json
 
 import click
 
-from rtseg_ros.cli.options import parse_scales, parse_size
-from rtseg_ros.nets.builders import MODEL_NAMES
+from rtseg_ros.cli.options import ALL_SCALES_TEXT, parse_scales, parse_size
+from rtseg_ros.names import MODEL_NAMES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="mfaranet", show_default=True)
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default=MODEL_NAMES[0], show_default=True)
 @click.option(
-    "--scales", default="1,2,3,4", show_default=True,
-    help="MFARANet scales fused into the output (subset of 1..4); a single scale is the pruned model.",
+    "--scales", default=ALL_SCALES_TEXT, show_default=True,
+    help=f"MFARANet scales fused into the output (subset of {ALL_SCALES_TEXT}); a single scale is the pruned model.",
 )
 @click.option("--size", default="1024x2048", show_default=True, help="Input HEIGHTxWIDTH.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=19, show_default=True)

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import click
 
+from rtseg_ros.names import ALL_SCALES
+
+# The default of every --scales option: all of MFARANet's scales, as the option is written.
+ALL_SCALES_TEXT = ",".join(map(str, ALL_SCALES))
+
 
 def parse_size(value: str) -> tuple[int, int]:
     """Parse ``HEIGHTxWIDTH`` (e.g. ``512x1024``) into positive integers, or raise ``click.BadParameter``."""
@@ -20,9 +25,9 @@ def parse_scales(value: str) -> tuple[int, ...]:
     try:
         scales = tuple(int(part) for part in value.replace(",", " ").split())
     except ValueError:
-        raise click.BadParameter(f"expected scales such as 2 or 1,2,3,4, got {value!r}") from None
+        raise click.BadParameter(f"expected scales such as 2 or {ALL_SCALES_TEXT}, got {value!r}") from None
     if not scales:
-        raise click.BadParameter("expected at least one scale, such as 2 or 1,2,3,4")
+        raise click.BadParameter(f"expected at least one scale, such as 2 or {ALL_SCALES_TEXT}")
     return scales
 
 

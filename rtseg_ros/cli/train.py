@@ -36,7 +36,8 @@ def train(recipe: str | None, overrides: tuple[str, ...], resume: str | None, st
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so that --list and --help do not load torch.
     from rtseg_ros.training.recipe import load_recipe
-    from rtseg_ros.training.trainer import RESUME_FILE, run_training
+    from rtseg_ros.training.checkpoints import RESUME_FILE
+    from rtseg_ros.training.trainer import run_training
 
     try:
         loaded = load_recipe(recipe, overrides)

@@ -13,9 +13,9 @@ DATASET_NAMES: tuple[str, ...] = ("cityscapes", "camvid", "folder")
 def get_dataset_reader(name: str) -> ModuleType:
     """The reader module for a data set (``cityscapes``, ``camvid`` or ``folder``).
 
-    Each provides ``list_samples(root, split) -> list[SamplePaths]``, ``load_sample(paths) -> Sample``,
-    ``iter_samples(root, split) -> Iterator[Sample]``, and ``LABEL_SET`` (the label set's name, or
-    ``None`` for ``folder``, whose masks follow a label set the user names).
+    Each provides ``list_samples(root, split) -> list[SamplePaths]`` (decode one with
+    :func:`load_sample`) and ``LABEL_SET`` (the label set's name, or ``None`` for ``folder``, whose
+    masks follow a label set the user names).
     """
     key = name.lower()
     if key not in DATASET_NAMES:

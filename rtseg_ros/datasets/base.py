@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -134,12 +133,6 @@ def load_sample(paths: SamplePaths) -> Sample:
     return Sample(paths.name, image, labels, paths.image_path, paths.label_path)
 
 
-def iter_loaded(samples: list[SamplePaths]) -> Iterator[Sample]:
-    """Decode listed frames one at a time (never the whole split in memory)."""
-    for paths in samples:
-        yield load_sample(paths)
-
-
 def require_dir(path: Path, what: str) -> Path:
     """Return ``path`` if it is a folder, else raise a :class:`DatasetError` naming ``what`` it should hold."""
     if not path.is_dir():
@@ -147,9 +140,16 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix, :data:`IMAGE_SUFFIXES`) in ``folder``, sorted by path.
+
+    Args:
+        folder: where to look.
+        recursive: also look in every sub-folder; paths are then sorted as a whole, so the order
+            does not depend on the file system's.
+    """
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def relative_posix(path: Path, root: Path) -> str:

@@ -17,15 +17,11 @@ colour outside the 32-class table become 255.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 from rtseg_ros.datasets.base import (
     DatasetError,
-    Sample,
     SamplePaths,
-    iter_loaded,
     list_images,
-    load_sample,
     relative_posix,
 )
 
@@ -35,7 +31,7 @@ ORIGINAL_IMAGES = "701_StillsRaw_full"
 ORIGINAL_LABELS = "LabeledApproved_full"
 COLOR_LABEL_SUFFIX = "_L.png"
 
-__all__ = ["NAME", "LABEL_SET", "list_samples", "load_sample", "iter_samples"]
+__all__ = ["NAME", "LABEL_SET", "list_samples"]
 
 
 def _pair(root: Path, image_path: Path, label_path: Path, label_format: str) -> SamplePaths:
@@ -95,8 +91,3 @@ def list_samples(root: str | Path, split: str) -> list[SamplePaths]:
     if not samples:
         raise DatasetError(f"CamVid split {split!r} under {root} holds no image")
     return samples
-
-
-def iter_samples(root: str | Path, split: str) -> Iterator[Sample]:
-    """Decode a split's frames one at a time."""
-    return iter_loaded(list_samples(root, split))

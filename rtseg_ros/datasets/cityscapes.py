@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 from rtseg_ros.datasets.base import (
     DatasetError,
-    Sample,
     SamplePaths,
-    iter_loaded,
-    load_sample,
     relative_posix,
     require_dir,
 )
@@ -29,7 +25,7 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 CAMERA_SUFFIX = "_camera.json"
 
-__all__ = ["NAME", "LABEL_SET", "list_samples", "load_sample", "iter_samples", "camera_intrinsics"]
+__all__ = ["NAME", "LABEL_SET", "list_samples", "camera_intrinsics"]
 
 
 def list_samples(root: str | Path, split: str) -> list[SamplePaths]:
@@ -55,11 +51,6 @@ def list_samples(root: str | Path, split: str) -> list[SamplePaths]:
     if not samples:
         raise DatasetError(f"no Cityscapes images (<city>/*{IMAGE_SUFFIX}) under {image_root}")
     return samples
-
-
-def iter_samples(root: str | Path, split: str) -> Iterator[Sample]:
-    """Decode a split's frames one at a time."""
-    return iter_loaded(list_samples(root, split))
 
 
 def camera_intrinsics(paths: SamplePaths) -> tuple[float, float, float, float] | None:

@@ -10,15 +10,12 @@ Without a ``masks/`` folder, or for an image with no mask, the frame has no grou
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from rtseg_ros.datasets.base import (
     DatasetError,
-    Sample,
     SamplePaths,
-    iter_loaded,
     list_images,
-    load_sample,
     relative_posix,
     require_dir,
 )
@@ -27,7 +24,7 @@ from rtseg_ros.datasets.labels import IGNORE_INDEX
 NAME = "folder"
 LABEL_SET = None  # the user says which label set the masks follow
 
-__all__ = ["NAME", "LABEL_SET", "list_samples", "load_sample", "iter_samples", "normalize_label_map"]
+__all__ = ["NAME", "LABEL_SET", "list_samples", "normalize_label_map"]
 
 
 def normalize_label_map(label_map: Mapping[int, int] | None) -> tuple[tuple[int, int], ...]:
@@ -78,8 +75,3 @@ def list_samples(root: str | Path, split: str, label_map: Mapping[int, int] | No
             label_map=pairs,
         ))
     return samples
-
-
-def iter_samples(root: str | Path, split: str, label_map: Mapping[int, int] | None = None) -> Iterator[Sample]:
-    """Decode a split's frames one at a time."""
-    return iter_loaded(list_samples(root, split, label_map))

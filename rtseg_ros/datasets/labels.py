@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-IGNORE_INDEX = 255
+from rtseg_ros.names import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -55,46 +55,45 @@ class CityscapesLabel:
     name: str
     id: int
     train_id: int
-    category: str
     color: tuple[int, int, int]
 
 
 # Facts from the official Cityscapes label definitions.
 CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = (
-    CityscapesLabel("unlabeled", 0, 255, "void", (0, 0, 0)),
-    CityscapesLabel("ego vehicle", 1, 255, "void", (0, 0, 0)),
-    CityscapesLabel("rectification border", 2, 255, "void", (0, 0, 0)),
-    CityscapesLabel("out of roi", 3, 255, "void", (0, 0, 0)),
-    CityscapesLabel("static", 4, 255, "void", (0, 0, 0)),
-    CityscapesLabel("dynamic", 5, 255, "void", (111, 74, 0)),
-    CityscapesLabel("ground", 6, 255, "void", (81, 0, 81)),
-    CityscapesLabel("road", 7, 0, "flat", (128, 64, 128)),
-    CityscapesLabel("sidewalk", 8, 1, "flat", (244, 35, 232)),
-    CityscapesLabel("parking", 9, 255, "flat", (250, 170, 160)),
-    CityscapesLabel("rail track", 10, 255, "flat", (230, 150, 140)),
-    CityscapesLabel("building", 11, 2, "construction", (70, 70, 70)),
-    CityscapesLabel("wall", 12, 3, "construction", (102, 102, 156)),
-    CityscapesLabel("fence", 13, 4, "construction", (190, 153, 153)),
-    CityscapesLabel("guard rail", 14, 255, "construction", (180, 165, 180)),
-    CityscapesLabel("bridge", 15, 255, "construction", (150, 100, 100)),
-    CityscapesLabel("tunnel", 16, 255, "construction", (150, 120, 90)),
-    CityscapesLabel("pole", 17, 5, "object", (153, 153, 153)),
-    CityscapesLabel("polegroup", 18, 255, "object", (153, 153, 153)),
-    CityscapesLabel("traffic light", 19, 6, "object", (250, 170, 30)),
-    CityscapesLabel("traffic sign", 20, 7, "object", (220, 220, 0)),
-    CityscapesLabel("vegetation", 21, 8, "nature", (107, 142, 35)),
-    CityscapesLabel("terrain", 22, 9, "nature", (152, 251, 152)),
-    CityscapesLabel("sky", 23, 10, "sky", (70, 130, 180)),
-    CityscapesLabel("person", 24, 11, "human", (220, 20, 60)),
-    CityscapesLabel("rider", 25, 12, "human", (255, 0, 0)),
-    CityscapesLabel("car", 26, 13, "vehicle", (0, 0, 142)),
-    CityscapesLabel("truck", 27, 14, "vehicle", (0, 0, 70)),
-    CityscapesLabel("bus", 28, 15, "vehicle", (0, 60, 100)),
-    CityscapesLabel("caravan", 29, 255, "vehicle", (0, 0, 90)),
-    CityscapesLabel("trailer", 30, 255, "vehicle", (0, 0, 110)),
-    CityscapesLabel("train", 31, 16, "vehicle", (0, 80, 100)),
-    CityscapesLabel("motorcycle", 32, 17, "vehicle", (0, 0, 230)),
-    CityscapesLabel("bicycle", 33, 18, "vehicle", (119, 11, 32)),
+    CityscapesLabel("unlabeled", 0, 255, (0, 0, 0)),
+    CityscapesLabel("ego vehicle", 1, 255, (0, 0, 0)),
+    CityscapesLabel("rectification border", 2, 255, (0, 0, 0)),
+    CityscapesLabel("out of roi", 3, 255, (0, 0, 0)),
+    CityscapesLabel("static", 4, 255, (0, 0, 0)),
+    CityscapesLabel("dynamic", 5, 255, (111, 74, 0)),
+    CityscapesLabel("ground", 6, 255, (81, 0, 81)),
+    CityscapesLabel("road", 7, 0, (128, 64, 128)),
+    CityscapesLabel("sidewalk", 8, 1, (244, 35, 232)),
+    CityscapesLabel("parking", 9, 255, (250, 170, 160)),
+    CityscapesLabel("rail track", 10, 255, (230, 150, 140)),
+    CityscapesLabel("building", 11, 2, (70, 70, 70)),
+    CityscapesLabel("wall", 12, 3, (102, 102, 156)),
+    CityscapesLabel("fence", 13, 4, (190, 153, 153)),
+    CityscapesLabel("guard rail", 14, 255, (180, 165, 180)),
+    CityscapesLabel("bridge", 15, 255, (150, 100, 100)),
+    CityscapesLabel("tunnel", 16, 255, (150, 120, 90)),
+    CityscapesLabel("pole", 17, 5, (153, 153, 153)),
+    CityscapesLabel("polegroup", 18, 255, (153, 153, 153)),
+    CityscapesLabel("traffic light", 19, 6, (250, 170, 30)),
+    CityscapesLabel("traffic sign", 20, 7, (220, 220, 0)),
+    CityscapesLabel("vegetation", 21, 8, (107, 142, 35)),
+    CityscapesLabel("terrain", 22, 9, (152, 251, 152)),
+    CityscapesLabel("sky", 23, 10, (70, 130, 180)),
+    CityscapesLabel("person", 24, 11, (220, 20, 60)),
+    CityscapesLabel("rider", 25, 12, (255, 0, 0)),
+    CityscapesLabel("car", 26, 13, (0, 0, 142)),
+    CityscapesLabel("truck", 27, 14, (0, 0, 70)),
+    CityscapesLabel("bus", 28, 15, (0, 60, 100)),
+    CityscapesLabel("caravan", 29, 255, (0, 0, 90)),
+    CityscapesLabel("trailer", 30, 255, (0, 0, 110)),
+    CityscapesLabel("train", 31, 16, (0, 80, 100)),
+    CityscapesLabel("motorcycle", 32, 17, (0, 0, 230)),
+    CityscapesLabel("bicycle", 33, 18, (119, 11, 32)),
 )
 
 _CITYSCAPES_TRAINED = sorted((lab for lab in CITYSCAPES_LABELS if lab.train_id != 255), key=lambda lab: lab.train_id)

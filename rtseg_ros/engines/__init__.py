@@ -5,7 +5,15 @@
 >>> result = segmenter.segment(frame, color_order="bgr", want_confidence=True)
 
 Backends are imported only when chosen: ``torch_tensorrt`` and ``onnxruntime`` are optional.
+``SegmenterConfig`` and its checks load no torch; ``Segmenter``, ``SegmentationResult`` and
+``FrameError`` are imported on first use, so a client that only describes a deployment (a node
+command line, a report) stays free of torch.
 """
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from rtseg_ros.engines.config import (
     BACKENDS,
     OUTPUT_RESOLUTIONS,
@@ -15,8 +23,17 @@ from rtseg_ros.engines.config import (
     check_runtime,
     default_cache_dir,
 )
-from rtseg_ros.engines.preprocessing import FrameError
-from rtseg_ros.engines.segmenter import SegmentationResult, Segmenter
+
+if TYPE_CHECKING:
+    from rtseg_ros.engines.preprocessing import FrameError
+    from rtseg_ros.engines.segmenter import SegmentationResult, Segmenter
+
+# Names whose modules import torch: attribute -> module.
+_LAZY = {
+    "FrameError": "rtseg_ros.engines.preprocessing",
+    "SegmentationResult": "rtseg_ros.engines.segmenter",
+    "Segmenter": "rtseg_ros.engines.segmenter",
+}
 
 __all__ = [
     "BACKENDS",
@@ -30,3 +47,12 @@ __all__ = [
     "check_runtime",
     "default_cache_dir",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

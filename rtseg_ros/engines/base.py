@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rtseg_ros.engines.cache import graph_source_sha256
 from rtseg_ros.engines.config import SegmenterConfig
 from rtseg_ros.engines.preprocessing import labels_and_confidence
 
@@ -26,14 +27,20 @@ class EngineSpec:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(self.config.device)
+        return torch.device(self.config.torch_device)
 
     def cache_key(self, output_size: tuple[int, int], with_confidence: bool, **extra: Any) -> dict[str, Any]:
-        """The fields an exported or compiled artifact depends on (stored next to it in the cache)."""
+        """The fields an exported or compiled artifact depends on (stored next to it in the cache).
+
+        ``graph_source_sha256`` covers the code that defines the exported graph (``nets/`` and the
+        head), so a change to a network invalidates every artifact built from the old code.
+        Backends add their own fields (library versions, device, build settings) as ``extra``.
+        """
         config = self.config
         return {
             "model": config.model,
             "weights_sha256": self.weights_id,
+            "graph_source_sha256": graph_source_sha256(),
             "num_classes": self.num_classes,
             "input_size": list(config.network_size),
             "output_size": list(output_size),
@@ -58,18 +65,21 @@ class SegmentationHead(nn.Module):
 
     Compilers and exporters get the whole frame-to-labels computation: inductor fuses the final
     logits interpolation into the argmax, so full-resolution logits are never written to memory.
-    ``forward`` returns uint8 labels (HxW) and, if ``with_confidence``, float32 confidence (HxW).
+    ``forward`` returns labels (HxW, ``label_dtype``: uint8 unless a backend asks otherwise) and, if
+    ``with_confidence``, float32 confidence (HxW).
     """
 
-    def __init__(self, model: nn.Module, output_size: tuple[int, int], with_confidence: bool):
+    def __init__(self, model: nn.Module, output_size: tuple[int, int], with_confidence: bool,
+                 label_dtype: torch.dtype = torch.uint8):
         super().__init__()
         self.model = model
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.with_confidence = with_confidence
+        self.label_dtype = label_dtype
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(image, output_size=self.output_size)
-        labels, confidence = labels_and_confidence(logits, self.with_confidence)
+        labels, confidence = labels_and_confidence(logits, self.with_confidence, self.label_dtype)
         return (labels, confidence) if self.with_confidence else labels
 
 
@@ -77,7 +87,9 @@ class InferenceEngine(ABC):
     """Runs the network: a normalised 1x3xhxw image in, labels (and confidence) at ``output_size`` out.
 
     Subclasses build one callable per (output size, with confidence) pair with :meth:`_build_head`;
-    it is built on first use (or by :meth:`prepare`) and kept.
+    it is built on first use (or by :meth:`prepare`) and kept. Builds run outside inference mode
+    even when the caller is inside it (the :class:`Segmenter` is): exporting, calibrating and
+    saving need ordinary tensors.
 
     Attributes:
         name: backend name as in :class:`SegmenterConfig` (``torch``, ``compile``, ...).
@@ -104,7 +116,8 @@ class InferenceEngine(ABC):
         key = ((int(output_size[0]), int(output_size[1])), bool(with_confidence))
         head = self._heads.get(key)
         if head is None:
-            head = self._heads[key] = self._build_head(*key)
+            with torch.inference_mode(False):
+                head = self._heads[key] = self._build_head(*key)
         with torch.inference_mode():
             out = head(image)
         return (out[0], out[1]) if with_confidence else (out, None)

@@ -8,22 +8,28 @@ log line naming the fields that changed, so a weights update does not leave dead
 
 Writes are atomic (temporary file + ``os.replace``) and ``meta.json`` is written last, carrying the
 artifact's sha256: a crash mid-write leaves an entry that is simply missing, and a truncated or
-altered artifact is detected before it is loaded.
+altered artifact is detected before it is loaded. The temporary file keeps the artifact's suffix,
+because some writers decide the format by it (``torch.export.save`` wants ``.pt2``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from rtseg_ros.io.files import atomic_output, file_sha256, write_bytes_atomic
+from rtseg_ros.io.files import file_sha256, write_bytes_atomic
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +51,43 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The code an exported graph is made of: the networks and the head around them.
+GRAPH_SOURCES: tuple[str, ...] = ("nets", "engines/base.py", "engines/preprocessing.py")
+
+
+@functools.lru_cache(maxsize=None)
+def graph_source_sha256(sources: tuple[str, ...] = GRAPH_SOURCES) -> str:
+    """Hex sha256 over the package's Python files under ``sources`` (paths relative to the package).
+
+    Part of every engine's cache key: a change to a network's code (or to the head that wraps it)
+    changes the exported graph without changing the weights, and must not reuse old engines.
+    """
+    digest = hashlib.sha256()
+    for source in sources:
+        root = PACKAGE_ROOT / source
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for file in files:
+            digest.update(file.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder, with its suffix, renamed onto ``path`` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()  # writers that refuse to overwrite (or check for a file) get a free name
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
 
 
 class CacheEntry:
@@ -90,7 +133,7 @@ class CacheEntry:
     def store(self, write: Callable[[Path], None]) -> Path:
         """Build the artifact with ``write(tmp_path)`` and publish it atomically with its key."""
         self.invalidate()
-        with atomic_output(self.artifact) as tmp_path:
+        with _temporary_beside(self.artifact) as tmp_path:
             write(tmp_path)
             if not tmp_path.is_file() or tmp_path.stat().st_size == 0:
                 raise RuntimeError(f"building {self.artifact.name} wrote nothing")
@@ -115,6 +158,7 @@ class CacheEntry:
         An artifact that passes the checksum but still fails to load (for example written by an
         incompatible library build) is treated as corrupt: logged, rebuilt once.
         """
+        started = time.perf_counter()
         path = self.lookup()
         if path is not None:
             try:
@@ -122,11 +166,15 @@ class CacheEntry:
             except Exception as exc:  # noqa: BLE001 - any load failure means the entry is unusable
                 LOG.warning("cached %s at %s failed to load (%s: %s); rebuilding", what, path, type(exc).__name__, exc)
             else:
-                LOG.info("loaded cached %s from %s", what, path)
+                # The load time (checksum included) is what a warm start costs: worth a log line.
+                LOG.info("loaded cached %s from %s in %.2f s", what, path, time.perf_counter() - started)
                 return result
         LOG.info("building %s into %s", what, self.directory)
+        started = time.perf_counter()
         self.store(build)
-        return load(self.artifact)
+        result = load(self.artifact)
+        LOG.info("built %s in %.1f s", what, time.perf_counter() - started)
+        return result
 
 
 class ArtifactCache:

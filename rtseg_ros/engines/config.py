@@ -1,30 +1,75 @@
-"""Segmenter settings and their validation.
+"""Segmenter settings: the one description of a deployment, its checks and the forms it takes.
 
-Validation happens in two steps. :meth:`SegmenterConfig.validate` checks that the settings make sense
-together and needs nothing but the settings; :func:`check_runtime` then checks that this machine can
-run them (CUDA present, optional libraries importable). Both raise :class:`ConfigError` with a reason
-a user can act on, before any weights are loaded or anything is compiled.
+A :class:`SegmenterConfig` is what the node's engine parameters, an evaluation report's ``model``
+block, a bench row, the node's ``label_info`` and its ``/diagnostics`` engine fields describe. Each of
+those forms is rendered (and, where it is read back, parsed) here, so none of them is hand-copied
+elsewhere; the node parameters follow :data:`rtseg_ros.names.PARAMETERS` through each spec's
+``config_field``.
+
+:meth:`SegmenterConfig.check` is the one check before anything is built. It runs
+:meth:`SegmenterConfig.validate` (the settings fit together; needs nothing but the settings) and then
+:func:`check_runtime` (this machine can run them: CUDA present, optional libraries importable). Both
+raise :class:`ConfigError` with a reason a user can act on, before any weights are loaded or anything
+is compiled.
+
+This module imports no torch (``check_runtime`` does, when called), so clients that only build node
+command lines from a config stay light.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rtseg_ros.datasets.labels import IGNORE_INDEX, get_label_set
+from rtseg_ros.names import (
+    ALL_SCALES,
+    AUTO_BACKEND,
+    BACKEND_PREFERENCE,
+    BACKENDS,
+    IGNORE_INDEX,
+    LABEL_INFO_FORMAT,
+    MODEL_NAMES,
+    OUTPUT_RESOLUTIONS,
+    PARAMETERS,
+    PRECISIONS,
+    SIZE_MULTIPLE,
+    ParameterSpec,
+    normalize_scales,
+)
 
-BACKENDS = ("torch", "compile", "tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
-OUTPUT_RESOLUTIONS = ("input", "network")
-ALL_SCALES = (1, 2, 3, 4)
-# Both networks downsample by 32 in the backbone; other sizes either fail (ATONet) or get
-# misaligned feature maps, so the network input is kept to multiples of 32.
-SIZE_MULTIPLE = 32
+if TYPE_CHECKING:
+    from rtseg_ros.datasets.labels import LabelSet
+
+__all__ = [
+    "ALL_SCALES",
+    "BACKENDS",
+    "OUTPUT_RESOLUTIONS",
+    "PRECISIONS",
+    "SIZE_MULTIPLE",
+    "ConfigError",
+    "SegmenterConfig",
+    "check_runtime",
+    "default_cache_dir",
+]
+
+LOG = logging.getLogger(__name__)
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
+# Intel GPUs and NPUs as OpenVINO names them, in any case: gpu, gpu.1, npu. Only the openvino backend
+# runs there; frames are prepared in host memory for them.
+_OPENVINO_DEVICE_PATTERN = re.compile(r"^(gpu(\.\d+)?|npu)$", re.IGNORECASE)
+
+
+def openvino_device_name(device: str) -> str:
+    """OpenVINO's name for a ``device`` setting: ``cpu`` -> ``CPU``, ``gpu.1`` -> ``GPU.1``, ``npu`` -> ``NPU``."""
+    return device.upper()
 
 
 class ConfigError(ValueError):
@@ -52,32 +97,33 @@ class SegmenterConfig:
         input_height: network input height in pixels (a multiple of 32).
         input_width: network input width in pixels (a multiple of 32).
         scales: MFARANet stages fused into the prediction; fewer stages skip work.
-        backend: ``torch`` (eager), ``compile`` (torch.compile), ``tensorrt`` or ``onnxruntime``.
-        precision: ``fp32``, ``fp16`` (CUDA only) or ``int8`` (tensorrt only, calibrated).
+        backend: ``torch`` (eager), ``compile`` (torch.compile), ``tensorrt``, ``onnxruntime``,
+            ``openvino``, or ``auto`` (resolved by :func:`resolve_backend`).
+        precision: ``fp32``, ``fp16`` (CUDA, or an OpenVINO GPU/NPU) or ``int8`` (tensorrt or
+            openvino, calibrated).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         output_resolution: ``input`` gives labels at each frame's own size, ``network`` at the
             network input size.
         cache_dir: where exports and engines are cached; ``None`` uses :func:`default_cache_dir`.
         calibration_data: folder of images or a rosbag2 for int8 calibration.
         calibration_frames: how many frames of ``calibration_data`` to calibrate on.
-        dla_core: Jetson DLA core for the tensorrt backend (layers it cannot run fall back to the GPU).
     """
 
-    model: str = "mfaranet"
+    # The defaults of the fields that are node parameters are the parameters' own (names.PARAMETERS).
+    model: str = PARAMETERS["model"].default
     weights: str | None = None
-    label_set: str = "cityscapes"
+    label_set: str = PARAMETERS["label_set"].default
     num_classes: int | None = None
-    input_height: int = 512
-    input_width: int = 1024
+    input_height: int = PARAMETERS["input_height"].default
+    input_width: int = PARAMETERS["input_width"].default
     scales: tuple[int, ...] = ALL_SCALES
-    backend: str = "torch"
-    precision: str = "fp32"
-    device: str = "cpu"
-    output_resolution: str = "input"
+    backend: str = PARAMETERS["backend"].default
+    precision: str = PARAMETERS["precision"].default
+    device: str = PARAMETERS["device"].default
+    output_resolution: str = PARAMETERS["output_resolution"].default
     cache_dir: str | None = None
     calibration_data: str | None = None
     calibration_frames: int = 64
-    dla_core: int | None = None
 
     @property
     def network_size(self) -> tuple[int, int]:
@@ -88,20 +134,151 @@ class SegmenterConfig:
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    @property
+    def torch_device(self) -> str:
+        """The torch device frames are prepared on: ``device``, or ``cpu`` for an OpenVINO GPU/NPU."""
+        return "cpu" if _OPENVINO_DEVICE_PATTERN.match(self.device) else self.device
+
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def resolved_num_classes(self) -> int:
-        return self.num_classes if self.num_classes is not None else get_label_set(self.label_set).num_classes
+        return self.num_classes if self.num_classes is not None else _label_set(self.label_set).num_classes
+
+    def check(self) -> None:
+        """The one check before building: :meth:`validate`, then :func:`check_runtime` on this machine.
+
+        Raises:
+            ConfigError: the first problem found, with what to change.
+        """
+        self.validate()
+        check_runtime(self)
+
+    # Node parameters ---------------------------------------------------------------------------
+
+    def to_parameters(self) -> dict[str, Any]:
+        """The node's engine parameters that describe this config, one per ``names.ENGINE_PARAMETERS`` name.
+
+        Values are typed as the parameters are (``None`` paths as ``""``, scales as a list), in the
+        order of ``names.PARAMETERS``.
+        """
+        return {name: _parameter_value(spec, getattr(self, spec.config_field))
+                for name, spec in PARAMETERS.items() if spec.config_field}
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> SegmenterConfig:
+        """The config that node parameter ``values`` describe; nothing is validated or resolved.
+
+        Node-only parameters in ``values`` are ignored and engine parameters it lacks take their
+        defaults, so a whole node parameter set and a params file's few lines both work. The
+        ``weights`` value is kept as given (the node resolves manifest names to files).
+
+        Raises:
+            ConfigError: ``values`` holds a name that is not a node parameter.
+        """
+        unknown = sorted(set(values) - set(PARAMETERS))
+        if unknown:
+            raise ConfigError(f"unknown node parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
+        return cls(**{spec.config_field: _field_value(spec, values.get(name, spec.default))
+                      for name, spec in PARAMETERS.items() if spec.config_field})
+
+    # Reports -----------------------------------------------------------------------------------
+
+    def to_settings(self, weights_sha256: str | None = None) -> dict[str, Any]:
+        """The ``model`` block of an evaluation report (the label set is a field of the report itself).
+
+        Args:
+            weights_sha256: the weights file's hash, if known; recorded as given.
+        """
+        return {
+            "name": self.model,
+            "weights": self.weights,
+            "weights_sha256": weights_sha256,
+            "scales": list(self.scales),
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "output_resolution": self.output_resolution,
+            "input_size": [self.input_height, self.input_width],
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, label_set: str, **fields: Any) -> SegmenterConfig:
+        """The config of an evaluation report's ``model`` block (see :meth:`to_settings`).
+
+        Args:
+            settings: the block; ``weights_sha256`` is not part of a config and is ignored.
+            label_set: the report's label set.
+            fields: other :class:`SegmenterConfig` fields (``cache_dir`` ...).
+        """
+        height, width = settings["input_size"]
+        return cls(model=settings["name"], weights=settings.get("weights") or None, label_set=label_set,
+                   input_height=int(height), input_width=int(width), scales=tuple(settings["scales"]),
+                   backend=settings["backend"], precision=settings["precision"], device=settings["device"],
+                   output_resolution=settings["output_resolution"], **fields)
+
+    def to_bench_fields(self) -> dict[str, Any]:
+        """The fields of a ``rtseg bench`` row that say what was measured."""
+        return {
+            "model": self.model,
+            "height": self.input_height,
+            "width": self.input_width,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "scales": list(self.scales),
+            "output_resolution": self.output_resolution,
+        }
+
+    # Node status -------------------------------------------------------------------------------
+
+    def label_info_fields(self, weights_sha256: str) -> dict[str, Any]:
+        """The node's JSON ``label_info`` document (``std_msgs/String`` where vision_msgs is missing).
+
+        Args:
+            weights_sha256: what identifies the weights in service: the file's sha256, or that of
+                the random initial weights when there is none.
+        """
+        label_set = _label_set(self.label_set)
+        return {
+            "format": LABEL_INFO_FORMAT,
+            "label_set": label_set.name,
+            "num_classes": self.resolved_num_classes(),
+            "ignore_index": label_set.ignore_index,
+            "classes": [{"id": i, "name": name, "color": list(color)}
+                        for i, (name, color) in enumerate(zip(label_set.class_names, label_set.colors))],
+            "model": self.model,
+            "scales": list(self.scales),
+            "weights": self.weights or "",
+            "weights_sha256": weights_sha256,
+            "input_size": [self.input_height, self.input_width],
+            "output_resolution": self.output_resolution,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+        }
+
+    def diagnostic_fields(self) -> dict[str, str]:
+        """The engine's key/values on the node's ``/diagnostics`` status (strings, as diagnostic_msgs wants)."""
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "input_size": f"{self.input_height}x{self.input_width}",  # HxW like everywhere else
+            "scales": ",".join(map(str, self.scales)),
+            "weights": self.weights or "untrained (random)",
+        }
 
     def validate(self) -> None:
-        """Check that the settings fit together; raise :class:`ConfigError` with the reason if not."""
-        from rtseg_ros.nets import MODEL_NAMES
+        """Check that the settings fit together; raise :class:`ConfigError` with the reason if not.
 
+        Needs nothing but the settings; :meth:`check` also checks this machine.
+        """
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         try:
-            label_set = get_label_set(self.label_set)
+            label_set = _label_set(self.label_set)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if self.num_classes is not None:
@@ -117,16 +294,39 @@ class SegmenterConfig:
                     f"({label_set.num_classes} classes)")
         self._validate_size()
         self._validate_scales()
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.backend not in BACKENDS and self.backend != AUTO_BACKEND:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)} or "
+                              f"{AUTO_BACKEND}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if not _DEVICE_PATTERN.match(self.device):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N")
+        if _OPENVINO_DEVICE_PATTERN.match(self.device):
+            if self.backend not in ("openvino", AUTO_BACKEND):
+                raise ConfigError(
+                    f"unknown device {self.device!r} for the {self.backend} backend: gpu, gpu.N and npu name "
+                    "Intel devices, which only the openvino backend runs; NVIDIA GPUs are cuda or cuda:N")
+        elif not _DEVICE_PATTERN.match(self.device):
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N "
+                              "(gpu, gpu.N or npu: an Intel GPU/NPU with the openvino backend)")
         if self.output_resolution not in OUTPUT_RESOLUTIONS:
             raise ConfigError(
                 f"output_resolution must be one of {', '.join(OUTPUT_RESOLUTIONS)}, got {self.output_resolution!r}")
-        self._validate_backend_combination()
+        if self.backend == AUTO_BACKEND:
+            self._validate_auto_backend()
+        else:
+            self._validate_backend_combination()
+
+    def _validate_auto_backend(self) -> None:
+        """``auto`` is valid if one backend of its preference list takes the other settings."""
+        reasons: dict[str, list[str]] = {}  # reason -> backends, so a shared reason is said once
+        for backend in backend_preference(self):
+            try:
+                dataclasses.replace(self, backend=backend)._validate_backend_combination()
+            except ConfigError as exc:
+                reasons.setdefault(str(exc), []).append(backend)
+            else:
+                return
+        details = "; ".join(f"{', '.join(backends)}: {reason}" for reason, backends in reasons.items())
+        raise ConfigError(f"backend {AUTO_BACKEND}: no backend takes these settings ({details})")
 
     def _validate_size(self) -> None:
         for name in ("input_height", "input_width"):
@@ -140,31 +340,34 @@ class SegmenterConfig:
                     f"use {lower} or {lower + SIZE_MULTIPLE}")
 
     def _validate_scales(self) -> None:
-        from rtseg_ros.nets import normalize_scales
-
         try:
             scales = normalize_scales(self.scales)
         except ValueError as exc:
             raise ConfigError(f"unknown scale setting: {exc}") from None
         if self.model == "atonet" and scales != ALL_SCALES:
             raise ConfigError(
-                "scales select MFARANet stages; atonet has none, leave scales at the default (1, 2, 3, 4)")
+                f"scales select MFARANet stages; atonet has none, leave scales at the default {ALL_SCALES}")
         self.scales = scales
 
     def _validate_backend_combination(self) -> None:
+        openvino_accelerator = bool(_OPENVINO_DEVICE_PATTERN.match(self.device))
         if self.precision == "int8":
-            if self.backend != "tensorrt":
+            if self.backend not in ("tensorrt", "openvino"):
                 raise ConfigError(
-                    f"int8 needs the tensorrt backend on a CUDA device (got backend {self.backend!r} on "
-                    f"{self.device}); int8 on CPU is not supported, use fp32")
+                    f"int8 needs the tensorrt backend on a CUDA device or the openvino backend on a CPU or Intel "
+                    f"GPU/NPU (got backend {self.backend!r} on {self.device}); use one of them, or fp32")
             if not self.calibration_data:
                 raise ConfigError("int8 needs calibration_data: a folder of images or a rosbag2 of camera frames")
             if self.calibration_frames < 1:
                 raise ConfigError(f"calibration_frames must be at least 1, got {self.calibration_frames}")
-        if self.precision == "fp16" and not self.is_cuda:
+        if self.precision == "fp16" and not self.is_cuda and not (self.backend == "openvino" and openvino_accelerator):
             raise ConfigError(
                 f"fp16 is not supported on {self.device}: CPU kernels for half precision convolution are "
-                "missing or slower than fp32; use fp32 on CPU or a cuda device")
+                "missing or slower than fp32; use fp32 (or int8 with the openvino backend) on CPU, or a cuda device")
+        if self.backend == "openvino" and self.is_cuda:
+            raise ConfigError(
+                f"the openvino backend runs on cpu or an Intel gpu/npu, not on {self.device}; "
+                "use the tensorrt or onnxruntime backend on an NVIDIA GPU")
         if self.backend == "tensorrt" and not self.is_cuda:
             raise ConfigError(
                 f"the tensorrt backend needs CUDA and torch_tensorrt, but device is {self.device!r}; "
@@ -173,14 +376,36 @@ class SegmenterConfig:
             raise ConfigError(
                 f"the onnxruntime backend runs the fp32 export only (asked for {self.precision}); "
                 "use the tensorrt backend for fp16/int8")
-        if self.dla_core is not None:
-            if self.backend != "tensorrt":
-                raise ConfigError("dla_core applies to the tensorrt backend only (Jetson DLA)")
-            if isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int) or self.dla_core < 0:
-                raise ConfigError(f"dla_core must be a non-negative integer, got {self.dla_core!r}")
-            if self.precision == "fp32":
-                raise ConfigError("a DLA runs fp16 or int8 only; set precision to fp16 or int8")
 
+
+def _label_set(name: str) -> LabelSet:
+    # Imported on use: the label sets bring numpy and OpenCV, which describing a config does not need.
+    from rtseg_ros.datasets.labels import get_label_set
+
+    return get_label_set(name)
+
+
+# Optional fields (None by default) are empty strings as node parameters.
+_OPTIONAL_FIELDS = frozenset(field.name for field in dataclasses.fields(SegmenterConfig) if field.default is None)
+
+
+def _parameter_value(spec: ParameterSpec, value: Any) -> Any:
+    """A config field's value typed as its node parameter."""
+    if isinstance(spec.default, list):
+        return list(value)
+    if value is None and isinstance(spec.default, str):
+        return ""
+    return value
+
+
+def _field_value(spec: ParameterSpec, value: Any) -> Any:
+    """A node parameter's value typed as its config field (validation comes later and names bad values)."""
+    if isinstance(spec.default, list):
+        # rclpy hands integer arrays over as array.array; a single value stands for a one-element list.
+        return (value,) if isinstance(value, (bool, int, float, str)) else tuple(value)
+    if value == "" and spec.config_field in _OPTIONAL_FIELDS:
+        return None
+    return value
 
 def check_runtime(config: SegmenterConfig) -> None:
     """Check that this machine can run ``config``; raise :class:`ConfigError` if it cannot."""
@@ -199,7 +424,7 @@ def check_runtime(config: SegmenterConfig) -> None:
         raise ConfigError(
             "the tensorrt backend needs CUDA and torch_tensorrt, which is not installed; "
             "pip install 'rtseg_ros[tensorrt]' (torch-tensorrt matching your torch)")
-    if config.precision == "int8" and importlib.util.find_spec("modelopt") is None:
+    if config.precision == "int8" and config.backend == "tensorrt" and importlib.util.find_spec("modelopt") is None:
         raise ConfigError("int8 calibration needs NVIDIA ModelOpt: pip install nvidia-modelopt")
     if config.backend == "compile" and not config.is_cuda and not any(
             shutil.which(cxx) for cxx in (os.environ.get("CXX", "c++"), "g++", "clang++")):
@@ -218,7 +443,69 @@ def check_runtime(config: SegmenterConfig) -> None:
                 raise ConfigError(
                     f"onnxruntime on {config.device} needs the CUDA or TensorRT execution provider, but this "
                     f"onnxruntime has only {sorted(providers)}; install onnxruntime-gpu or use device='cpu'")
+    if config.backend == "openvino":
+        _check_openvino(config)
     if config.weights is not None and not Path(config.weights).expanduser().is_file():
         raise ConfigError(f"weights file not found: {config.weights}")
     if config.calibration_data is not None and not Path(config.calibration_data).expanduser().exists():
         raise ConfigError(f"calibration data not found: {config.calibration_data}")
+
+
+def _check_openvino(config: SegmenterConfig) -> None:
+    """OpenVINO (and NNCF for int8) importable, and the asked-for Intel GPU/NPU present."""
+    needed = ("openvino", "nncf") if config.precision == "int8" else ("openvino",)
+    for module in needed:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"the openvino backend needs {module}, which is not installed; "
+                              "pip install 'rtseg_ros[openvino]'")
+    if not _OPENVINO_DEVICE_PATTERN.match(config.device):
+        return
+    import openvino
+
+    wanted = openvino_device_name(config.device)
+    available = list(openvino.Core().available_devices)
+    kind, _, index = wanted.partition(".")
+    # One GPU is listed as "GPU" and answers to "GPU.0"; several are listed as GPU.0, GPU.1, ...
+    if wanted in available or (kind in available and index in ("", "0")) or (
+            not index and any(d.startswith(f"{kind}.") for d in available)):
+        return
+    remedy = ("install Intel's GPU compute runtime (intel-opencl-icd, level-zero)" if kind == "GPU"
+              else "install the Intel NPU driver")
+    raise ConfigError(f"OpenVINO device {wanted} is not present (OpenVINO sees {', '.join(available) or 'none'}); "
+                      f"{remedy}, or use device cpu")
+
+
+def backend_preference(config: SegmenterConfig) -> tuple[str, ...]:
+    """The backends ``auto`` tries for ``config``'s device, fastest first (``names.BACKEND_PREFERENCE``)."""
+    if _OPENVINO_DEVICE_PATTERN.match(config.device):
+        return ("openvino",)
+    return BACKEND_PREFERENCE["cuda" if config.is_cuda else "cpu"]
+
+
+def resolve_backend(config: SegmenterConfig) -> SegmenterConfig:
+    """``config`` itself, or for backend ``auto`` a copy with the first backend this machine can run.
+
+    Tries :func:`backend_preference` in order with :meth:`SegmenterConfig.check`. Logs one line:
+    the choice, and when a faster backend was passed over, which ones and why (a missing install,
+    a precision it cannot run).
+
+    Raises:
+        ConfigError: no backend of the list can run these settings here; each one's reason is given.
+    """
+    if config.backend != AUTO_BACKEND:
+        return config
+    skipped: list[str] = []
+    for backend in backend_preference(config):
+        candidate = dataclasses.replace(config, backend=backend)
+        try:
+            candidate.check()
+        except ConfigError as exc:
+            skipped.append(f"{backend} ({exc})")
+            continue
+        if skipped:
+            LOG.warning("backend %s: falling back to %s; skipped %s", AUTO_BACKEND, backend, "; ".join(skipped))
+        else:
+            LOG.info("backend %s: using %s, the first of %s", AUTO_BACKEND, backend,
+                     " > ".join(backend_preference(config)))
+        return candidate
+    raise ConfigError(f"backend {AUTO_BACKEND}: no backend can run these settings here: {'; '.join(skipped)}")

@@ -107,19 +107,27 @@ def reference_preprocess(frame_rgb: np.ndarray, network_size: tuple[int, int]) -
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None])
 
 
-def labels_and_confidence(logits: torch.Tensor, want_confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-pixel class ids (uint8) and, if asked, the max softmax probability (float32), on device.
+def labels_and_confidence(logits: torch.Tensor, want_confidence: bool, label_dtype: torch.dtype = torch.uint8,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-pixel class ids and, if asked, the max softmax probability (float32), on device.
 
-    ``logits`` is 1xCxHxW. The max softmax probability is ``1 / sum_c exp(l_c - max_c l)``, which
-    needs the per-pixel maximum that the argmax computes anyway, and no full softmax tensor.
+    ``logits`` is 1xCxHxW. The max softmax probability is ``1 / sum_c exp(l_c - max_c l)``: the
+    per-pixel maximum (``amax``), no full softmax tensor. Labels and maximum are two separate
+    single-output reductions (``argmax``, ``amax``) rather than one two-output ``max(dim)``, which
+    Torch-TensorRT does not convert when both of its outputs are used.
+
+    Args:
+        label_dtype: dtype of the class ids. uint8 for every backend's output; the TensorRT backend
+            asks for int32 (the cast TensorRT converts) and casts to uint8 outside its engine.
     """
     scores = logits[0]
+    labels = scores.argmax(dim=0).to(label_dtype)
     if not want_confidence:
-        return scores.argmax(dim=0).to(torch.uint8), None
-    best, labels = scores.max(dim=0)
-    best = best.float()
-    total = torch.exp(scores.float() - best.unsqueeze(0)).sum(dim=0)
-    return labels.to(torch.uint8), total.reciprocal_()
+        return labels, None
+    scores = scores.float()
+    best = scores.amax(dim=0, keepdim=True)
+    total = torch.exp(scores - best).sum(dim=0)
+    return labels, torch.reciprocal(total)
 
 
 def to_host(tensor: torch.Tensor) -> np.ndarray:

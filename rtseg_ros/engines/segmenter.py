@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from rtseg_ros.datasets.labels import LabelSet, get_label_set
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine
+from rtseg_ros.engines.base import EngineSpec
 from rtseg_ros.engines.cache import state_dict_sha256
-from rtseg_ros.engines.config import SegmenterConfig, check_runtime
+from rtseg_ros.engines.config import SegmenterConfig, resolve_backend
 from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device, to_host
+from rtseg_ros.engines.registry import create_engine
 
 LOG = logging.getLogger(__name__)
 
@@ -34,28 +35,6 @@ class SegmentationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def build_engine(spec: EngineSpec) -> InferenceEngine:
-    """The backend named by ``spec.config.backend``; heavy libraries are imported only here."""
-    backend = spec.config.backend
-    if backend == "torch":
-        from rtseg_ros.engines.torch_engines import TorchEngine
-
-        return TorchEngine(spec)
-    if backend == "compile":
-        from rtseg_ros.engines.torch_engines import CompiledEngine
-
-        return CompiledEngine(spec)
-    if backend == "onnxruntime":
-        from rtseg_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
-
-        return OnnxRuntimeEngine(spec)
-    if backend == "tensorrt":
-        from rtseg_ros.engines.tensorrt_engine import TensorRTEngine
-
-        return TensorRTEngine(spec)
-    raise ValueError(f"unknown backend {backend!r}")  # validate() rejects it before this point
-
-
 class Segmenter:
     """Segments camera frames with one network on one backend.
 
@@ -73,12 +52,12 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig):
         from rtseg_ros.nets import build_model, load_weights, weights_hash
 
-        config.validate()
-        check_runtime(config)
+        config = resolve_backend(config)  # backend 'auto': the first that runs here, logged
+        config.check()
         self.config = config
         self.label_set: LabelSet = get_label_set(config.label_set)
         self.num_classes = config.resolved_num_classes()
-        self.device = torch.device(config.device)
+        self.device = torch.device(config.torch_device)
 
         model = build_model(config.model, num_classes=self.num_classes, scales=config.scales)
         if config.weights is None:
@@ -90,7 +69,7 @@ class Segmenter:
             weights_id = weights_hash(config.weights)
         model.eval()
         self.weights_id = weights_id
-        self.engine = build_engine(EngineSpec(config, model, weights_id, self.num_classes))
+        self.engine = create_engine(EngineSpec(config, model, weights_id, self.num_classes))
         self._preprocess = Preprocessor(config.network_size, self.device, self.engine.input_dtype,
                                         channels_last=self.engine.channels_last)
         LOG.info("segmenter ready: %s %s on %s (%s, %s), input %dx%d, scales %s", config.model, config.backend,

@@ -1,7 +1,7 @@
 """Offline and live evaluation: accuracy, latency and skipped frames, as JSON, Markdown and pictures.
 
 The core (sources, evaluator, reports, export, live bookkeeping) never imports rclpy; the DDS side of
-live mode is ``rtseg_ros.ros.bag_player``.
+live mode is ``rtseg_ros.ros.live_evaluation``.
 """
 from rtseg_ros.evaluation.evaluator import Evaluation, Prediction, ReportWriter, SegmenterPredictor, run_evaluation
 from rtseg_ros.evaluation.export import PredictionExporter

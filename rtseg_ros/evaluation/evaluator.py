@@ -2,7 +2,9 @@
 
 :class:`Evaluation` accumulates scores and latencies in fixed-size state (a confusion matrix and
 compact latency arrays), whatever produced the predictions: the in-process Segmenter here, or a
-running node in live mode. :class:`ReportWriter` keeps the results on disk while the run goes:
+running node in live mode. It also owns the run's tallies: the frames read and every frame
+skipped, whoever skipped it (the bag reader and the data set sources record into
+``Evaluation.skipped``), so the report's counts come from one place. :class:`ReportWriter` keeps the results on disk while the run goes:
 one JSON line per frame, appended and flushed, and the summary JSON replaced atomically every
 few seconds, so a run that breaks off still leaves its results so far (``"complete": false``).
 """
@@ -15,7 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -32,16 +34,17 @@ from rtseg_ros.evaluation.reports import (
     write_json_atomic,
     write_overlay,
 )
-from rtseg_ros.io.bags import SkipTally
 from rtseg_ros.metrics.confusion import ConfusionMatrix
+from rtseg_ros.skips import (
+    ISSUE_UNKNOWN_LABEL,
+    SKIP_BAD_PREDICTION,
+    SKIP_INFERENCE_ERROR,
+    SKIP_MISSING_GT,
+    SKIP_SIZE_MISMATCH,
+    SkipTally,
+)
 
 LOG = logging.getLogger(__name__)
-
-SKIP_MISSING_GT = "missing ground truth"
-SKIP_SIZE_MISMATCH = "size mismatch"
-SKIP_INFERENCE_ERROR = "inference error"
-SKIP_BAD_PREDICTION = "prediction out of range"
-ISSUE_UNKNOWN_LABEL = "unknown label value"
 
 
 @dataclass
@@ -57,13 +60,23 @@ Predictor = Callable[[np.ndarray, str], Prediction]
 
 
 class FrameSource(Protocol):
-    """What :func:`run_evaluation` reads: iterable frames plus the source's own skip tally."""
+    """What :func:`run_evaluation` reads: frames, how many there are, and what they are.
+
+    Attributes:
+        total: the frame count if known (for progress bars), else ``None``.
+        description: says where the frames come from, for the report.
+
+    A source may also have a ``damage`` attribute (:class:`~rtseg_ros.io.bags.BagDamage` or
+    ``None``), read once its frames are out: what a damaged bag gave up, reported as ``source.damage``.
+    """
 
     total: int | None
     description: str
-    tally: SkipTally
 
-    def __iter__(self) -> Any: ...
+    def frames(self, skipped: SkipTally) -> Iterator[Any]:
+        """Yield the frames (:class:`~rtseg_ros.evaluation.sources.EvalFrame`) one at a time,
+        recording in ``skipped`` each one that cannot be read."""
+        ...
 
 
 class SegmenterPredictor:
@@ -88,8 +101,16 @@ def _percentiles(values: array) -> dict[str, float | int | None]:
 
 
 class Evaluation:
-    """Scores and latencies of one run, in memory that does not grow with the frame count
-    (apart from 8 bytes per latency sample, which exact percentiles need)."""
+    """Scores, latencies and tallies of one run, in memory that does not grow with the frame count
+    (apart from 8 bytes per latency sample, which exact percentiles need).
+
+    Attributes:
+        frames: frames scored.
+        frames_read: frames that reached the predictor (offline) or the node (live).
+        skipped: every frame not scored, by reason: unreadable input (pass it to the bag reader or
+            a source as the tally to record into), failed inference, missing ground truth, drops.
+        issues: problems that did not stop a frame being scored (``skip=False`` in :meth:`note`).
+    """
 
     def __init__(self, label_set: LabelSet) -> None:
         self.label_set = label_set
@@ -180,9 +201,10 @@ class ReportWriter:
         self.paths["json"].parent.mkdir(parents=True, exist_ok=True)
         self._frames = open(self.paths["frames"], "w")
 
-    def report(self, evaluation: Evaluation, complete: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The full report as a dict (what the JSON holds)."""
-        return build_report(evaluation, self.header, complete, extra)
+    def report(self, evaluation: Evaluation, complete: bool,
+               run_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The full report as a dict (what the JSON holds); see :func:`build_report`."""
+        return build_report(evaluation, self.header, complete, run_fields)
 
     def frame(self, record: dict[str, Any]) -> None:
         """Append one frame's record to the per-frame log."""
@@ -202,17 +224,19 @@ class ReportWriter:
         except (OSError, ValueError) as exc:
             LOG.warning("cannot write overlay for %s: %s", name, exc)
 
-    def checkpoint(self, evaluation: Evaluation, extra: dict[str, Any] | None = None, force: bool = False) -> None:
+    def checkpoint(self, evaluation: Evaluation, run_fields: dict[str, Any] | None = None,
+                   force: bool = False) -> None:
         """Refresh the summary JSON (marked incomplete) if ``interval_s`` has passed."""
         now = time.monotonic()
         if force or now - self._last_write >= self.interval_s:
-            write_json_atomic(self.paths["json"], self.report(evaluation, False, extra))
+            write_json_atomic(self.paths["json"], self.report(evaluation, False, run_fields))
             self._last_write = now
 
-    def finish(self, evaluation: Evaluation, complete: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, evaluation: Evaluation, complete: bool,
+               run_fields: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the final JSON, the Markdown summary and the heatmap; return the report."""
         self._frames.close()
-        report = self.report(evaluation, complete, extra)
+        report = self.report(evaluation, complete, run_fields)
         write_json_atomic(self.paths["json"], report)
         self.paths["markdown"].write_text(markdown_summary(report))
         model_name = self.header.get("model", {}).get("name", "")
@@ -226,8 +250,19 @@ class ReportWriter:
 
 
 def build_report(evaluation: Evaluation, header: dict[str, Any], complete: bool,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble a report: schema, fixed header, label set, metrics, then run-specific ``extra`` fields."""
+                 run_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a report: schema, fixed header, label set, the evaluation's metrics and tallies, then
+    the fields only the run knows (its source, timing, exports, the ``live`` section).
+
+    Raises:
+        ValueError: ``run_fields`` names a field of :meth:`Evaluation.metrics`; counts such as
+            ``skipped`` and ``frames_read`` are kept by the :class:`Evaluation` alone.
+    """
+    metrics = evaluation.metrics()
+    run_fields = run_fields or {}
+    clash = sorted(set(run_fields) & set(metrics))
+    if clash:
+        raise ValueError(f"{', '.join(clash)} come from the Evaluation; record them there, not as run fields")
     return {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -237,8 +272,8 @@ def build_report(evaluation: Evaluation, header: dict[str, Any], complete: bool,
         **header,
         "label_set": evaluation.label_set.name,
         "class_names": list(evaluation.label_set.class_names),
-        **evaluation.metrics(),
-        **(extra or {}),
+        **metrics,
+        **run_fields,
     }
 
 
@@ -265,13 +300,12 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
     predicted = 0
     complete = False
 
-    def extra() -> dict[str, Any]:
+    def run_fields() -> dict[str, Any]:
         elapsed = time.perf_counter() - started
+        damage = getattr(source, "damage", None)
         return {
-            "source": {"description": source.description, **(header or {}).get("source", {})},
-            "frames_read": evaluation.frames_read,
-            "skipped": dict(SkipTally.merged(source.tally, evaluation.skipped).counts),
-            "errors": SkipTally.merged(source.tally, evaluation.skipped, evaluation.issues).messages,
+            "source": {"description": source.description, **(header or {}).get("source", {}),
+                       **({"damage": damage.as_dict()} if damage is not None else {})},
             "elapsed_s": elapsed,
             "throughput_fps": predicted / elapsed if predicted and elapsed > 0 else None,
             "exported": exporter.written if exporter else 0,
@@ -279,7 +313,7 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
 
     try:
         bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress, dynamic_ncols=True)
-        for frame in source:
+        for frame in source.frames(evaluation.skipped):
             if max_frames is not None and evaluation.frames_read >= max_frames:
                 break
             evaluation.frames_read += 1
@@ -307,14 +341,14 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
                                    frame.color_order)
             if writer is not None:
                 writer.frame(record)
-                writer.checkpoint(evaluation, extra())
+                writer.checkpoint(evaluation, run_fields())
             if bar.n % 10 == 0:
                 bar.set_postfix(miou=f"{evaluation.confusion.mean_iou() * 100:.1f}", refresh=False)
         bar.close()
         complete = True
     finally:
         # On an interruption the files still get the results so far, marked incomplete.
-        final = extra()
+        final = run_fields()
         report = (writer.finish(evaluation, complete, final) if writer is not None
                   else build_report(evaluation, header or {}, complete, final))
     return report

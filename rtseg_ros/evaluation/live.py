@@ -1,6 +1,6 @@
 """Live evaluation bookkeeping, without ROS: match a node's outputs to the frames sent to it.
 
-The player (``rtseg_ros.ros.bag_player``) publishes each frame with a fresh header stamp and
+The player (``rtseg_ros.ros.live_evaluation``) publishes each frame with a fresh header stamp and
 tells :class:`LiveScorer`; when the node's label image with that stamp comes back, it is scored
 against the frame's ground truth and its end-to-end latency (publish to receive) recorded. A
 frame whose output has not come back within ``max_wait_s`` counts as dropped, which bounds the
@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from rtseg_ros.evaluation.evaluator import Evaluation, ReportWriter
-
-SKIP_DROPPED = "dropped by the node"
+from rtseg_ros.skips import SKIP_DROPPED
 
 
 @dataclass

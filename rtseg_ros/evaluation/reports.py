@@ -14,8 +14,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rtseg_ros.datasets.labels import IGNORE_INDEX, LabelSet
+from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.io.files import atomic_output
+from rtseg_ros.io.overlay import overlay_labels
 
 REPORT_SCHEMA = "rtseg_ros/eval"
 REPORT_SCHEMA_VERSION = 1
@@ -90,6 +91,13 @@ def markdown_summary(report: dict[str, Any]) -> str:
     if live:
         lines.append(f"- live: {live.get('published')} published, {live.get('received')} received, "
                      f"{live.get('dropped')} dropped, rate factor {live.get('rate_factor')}")
+    damage = (report.get("source") or {}).get("damage")
+    if damage:
+        where = f"{damage.get('file') or damage.get('storage')}" + (
+            f" at byte {damage['offset']}" if damage.get("offset") is not None else "")
+        lost = "unknown" if damage.get("frames_lost") is None else damage["frames_lost"]
+        lines.append(f"- **bag damaged** in {where} ({damage.get('reason')}): {damage.get('frames_recovered')} "
+                     f"frames before the damage recovered, frames lost: {lost}")
     skipped = report.get("skipped") or {}
     if skipped:
         lines.append("- skipped: " + ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items())))
@@ -140,18 +148,13 @@ def overlay_panel(image_rgb: np.ndarray, prediction: np.ndarray, labels: np.ndar
                   label_set: LabelSet, alpha: float = 0.55) -> np.ndarray:
     """Image | ground truth over the image | prediction over the image, side by side (RGB).
 
-    Ignored ground-truth pixels are shown black, so what is not scored is visible.
+    Both are blended by :func:`rtseg_ros.io.overlay.overlay_labels`, as the node's overlay is:
+    ignored ground-truth pixels are black, so what is not scored is visible.
     """
-    def blend(ids: np.ndarray) -> np.ndarray:
-        colored = label_set.colorize(ids)
-        out = cv2.addWeighted(image_rgb, 1.0 - alpha, colored, alpha, 0.0)
-        out[ids == IGNORE_INDEX] = 0
-        return out
-
     panels = [image_rgb]
     if labels is not None:
-        panels.append(blend(labels))
-    panels.append(blend(prediction))
+        panels.append(overlay_labels(image_rgb, "rgb", labels, label_set, alpha))
+    panels.append(overlay_labels(image_rgb, "rgb", prediction, label_set, alpha))
     return np.ascontiguousarray(np.concatenate(panels, axis=1))
 
 

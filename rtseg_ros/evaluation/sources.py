@@ -1,7 +1,8 @@
 """Where evaluation frames come from: a bag, a data set folder, or a bag matched to a folder.
 
-Every source yields :class:`EvalFrame` objects one at a time and counts what it had to skip
-in its ``tally``, so a bad file or message costs one frame, not the run. ``make_dataset_bag`` is the other direction: a data set split into a bag.
+Every source's ``frames(skipped)`` yields :class:`EvalFrame` objects one at a time and records
+what it had to skip in the tally it is given (the evaluation's), so a bad file or message costs
+one frame, not the run. ``make_dataset_bag`` is the other direction: a data set split into a bag.
 """
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ from rtseg_ros.io.bags import (
     CUSTOM_DATASET,
     CUSTOM_LABEL_SET,
     CUSTOM_SPLIT,
+    BagDamage,
     BagFrameReader,
     BagWriter,
-    SkipTally,
     bag_storage,
 )
-
-SKIP_UNREADABLE_FILE = "unreadable file"
+from rtseg_ros.skips import SKIP_UNREADABLE_FILE, SkipTally
 
 
 @dataclass
@@ -75,47 +75,58 @@ def _list(dataset: str, root: str | Path, split: str, label_map: Mapping[int, in
 
 
 class BagSource:
-    """Frames of a bag, with ground truth from the bag or, if given, from a data set folder."""
+    """Frames of a bag, with ground truth from the bag or, if given, from a data set folder.
+
+    Attributes:
+        damage: after the frames are read, what a damaged bag gave up (``None`` for a whole bag);
+            the report's ``source.damage``.
+    """
 
     def __init__(self, path: str | Path, ground_truth: DatasetGroundTruth | None = None) -> None:
         self.path = Path(path)
-        self.tally = SkipTally()
-        self._reader = BagFrameReader(self.path, tally=self.tally)
         self.ground_truth = ground_truth
-        self.total = self._reader.frame_count()
+        self.damage: BagDamage | None = None
+        self.total = BagFrameReader(self.path).frame_count()
         self.description = f"bag {self.path} ({bag_storage(self.path)})"
         if ground_truth is not None:
             self.description += f" with {ground_truth.description}"
 
-    def __iter__(self) -> Iterator[EvalFrame]:
-        for frame in self._reader:
+    def frames(self, skipped: SkipTally) -> Iterator[EvalFrame]:
+        """The bag's frames in stamp order; undecodable messages and unreadable label files are
+        recorded in ``skipped``; a damaged bag's frames before the damage, then :attr:`damage`."""
+        self.damage = None
+        reader = BagFrameReader(self.path, tally=skipped)
+        for frame in reader:
             name = frame.name or f"frame_{frame.stamp_ns}"
             labels = frame.labels
             if self.ground_truth is not None:
                 try:
                     labels = self.ground_truth.labels_for(frame.name)
                 except DatasetError as exc:
-                    self.tally.record(SKIP_UNREADABLE_FILE, str(exc))
+                    skipped.record(SKIP_UNREADABLE_FILE, str(exc))
                     continue
             yield EvalFrame(name, frame.stamp_ns, frame.image, frame.color_order, labels)
+        self.damage = reader.damage
 
 
 class DatasetSource:
     """Frames of a data set split, read from disk one at a time."""
 
+    damage: BagDamage | None = None  # files are read one by one: nothing breaks off
+
     def __init__(self, dataset: str, root: str | Path, split: str,
                  label_map: Mapping[int, int] | None = None) -> None:
-        self.tally = SkipTally()
         self.samples = _list(dataset, root, split, label_map)
         self.total = len(self.samples)
         self.description = f"{dataset} {split} in {root}"
 
-    def __iter__(self) -> Iterator[EvalFrame]:
+    def frames(self, skipped: SkipTally) -> Iterator[EvalFrame]:
+        """The split's frames in listing order; files that cannot be read are recorded in ``skipped``."""
         for index, paths in enumerate(self.samples):
             try:
                 sample = load_sample(paths)
             except DatasetError as exc:
-                self.tally.record(SKIP_UNREADABLE_FILE, str(exc))
+                skipped.record(SKIP_UNREADABLE_FILE, str(exc))
                 continue
             yield EvalFrame(paths.relative_path, index, sample.image, "rgb", sample.labels)
 
@@ -155,5 +166,5 @@ def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path
             without_gt += sample.labels is None
             writer.write_frame(start_ns + writer.frames_written * period_ns, sample.image, sample.labels,
                                paths.relative_path, intrinsics)
-        return {"frames": writer.frames_written, "skipped": sum(skipped.counts.values()),
+        return {"frames": writer.frames_written, "skipped": skipped.total,
                 "without_ground_truth": without_gt}

@@ -22,14 +22,23 @@ Bags are rosbag2 metadata version 9 (Jazzy), in mcap (default) or sqlite3 storag
 ``custom_data`` records where the frames came from (``rtseg_ros.dataset``, ``rtseg_ros.split``) and the
 label set of the ground truth (``rtseg_ros.label_set``), so an evaluation needs no flag for it. Reading
 streams: a handful of frames are held at a time, never the whole bag. A message that cannot be
-deserialised or decoded is skipped and counted; a bag that breaks off mid-way ends the stream
-with the error recorded, and everything read until then stays valid.
+deserialised or decoded is skipped and counted.
+
+A damaged bag gives up the frames before the damage (:class:`BagDamage` says what was kept):
+
+* sqlite3: messages are read in time order until the database reports the damage;
+* mcap: a file that ``rosbags`` cannot open (it reads the summary at the file's end, which a cut
+  short file lacks) is read front to back instead, up to the first damaged record
+  (:mod:`rtseg_ros.io.mcap_recovery`); a bad chunk met while reading an intact file ends the
+  stream the same way.
+
+The frame whose messages were being read when the damage was met is left out, since some of them
+(its labels, its file name) may be missing; every earlier frame is whole, because a frame's
+messages are written before the next frame's.
 """
 from __future__ import annotations
 
-import logging
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -45,8 +54,16 @@ from rtseg_ros.io.images import (
     image_msg_to_array,
     label_msg_to_array,
 )
-
-LOG = logging.getLogger(__name__)
+from rtseg_ros.io.mcap_recovery import McapRecovery, McapRecoveryError
+from rtseg_ros.skips import (
+    SKIP_BAD_IMAGE,
+    SKIP_BAD_LABELS,
+    SKIP_BAG_READ_ERROR,
+    SKIP_DUPLICATE_STAMP,
+    SKIP_LABELS_WITHOUT_IMAGE,
+    SKIP_UNDECODABLE_MESSAGE,
+    SkipTally,
+)
 
 IMAGE_TOPIC = "/camera/image_raw"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
@@ -64,45 +81,8 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 STRING_TYPE = "std_msgs/msg/String"
 
-# Skip reasons, also the keys of evaluation reports' ``skipped`` counts.
-SKIP_UNDECODABLE_MESSAGE = "undecodable message"
-SKIP_BAD_IMAGE = "bad image"
-SKIP_BAD_LABELS = "bad ground-truth image"
-SKIP_LABELS_WITHOUT_IMAGE = "ground truth without image"
-SKIP_DUPLICATE_STAMP = "duplicate stamp"
-SKIP_BAG_READ_ERROR = "bag read error"
-
 # The Jazzy message definitions, for building and parsing messages without ROS.
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-
-
-class SkipTally:
-    """Things skipped (or flagged) while reading or scoring, counted by reason.
-
-    The first ``keep_per_reason`` messages of each reason are kept for reports and logged; later
-    ones are only counted, so a bag full of bad frames neither floods the log nor grows memory.
-    """
-
-    def __init__(self, keep_per_reason: int = 5) -> None:
-        self.counts: Counter = Counter()
-        self.messages: list[str] = []
-        self.keep_per_reason = keep_per_reason
-
-    def record(self, reason: str, detail: str) -> None:
-        """Count one occurrence of ``reason``; ``detail`` says which item and why."""
-        self.counts[reason] += 1
-        if self.counts[reason] <= self.keep_per_reason:
-            self.messages.append(f"{reason}: {detail}")
-            LOG.warning("%s: %s", reason, detail)
-
-    @staticmethod
-    def merged(*tallies: "SkipTally") -> "SkipTally":
-        """A new tally with the counts added up and the messages concatenated."""
-        total = SkipTally()
-        for tally in tallies:
-            total.counts.update(tally.counts)
-            total.messages.extend(tally.messages)
-        return total
 
 
 class BagError(ValueError):
@@ -135,6 +115,62 @@ class _Pending:
     image: tuple[np.ndarray, str, str] | None = None
     labels: np.ndarray | None = None
     name: str | None = None
+    image_messages: int = 0
+
+
+@dataclass(frozen=True)
+class BagDamage:
+    """What a damaged bag gave up: where the damage is and how many frames were kept and lost.
+
+    Attributes:
+        storage: ``mcap`` or ``sqlite3``.
+        file: the damaged storage file's name (inside the bag folder), when known.
+        offset: byte offset in ``file`` of the first record that could not be read (mcap read front
+            to back; for a file that ends between two records, its size), else ``None``.
+        file_size: the damaged file's size in bytes, when known.
+        reason: what is wrong there.
+        frames_recovered: frames read before the damage (those the reader yields).
+        frames_lost: image messages the bag's metadata announces that were not read, ``None``
+            when the metadata has no count; the frame left out at the damage is among them.
+        messages_recovered: messages of the frame topics read before the damage.
+    """
+
+    storage: str
+    file: str | None
+    offset: int | None
+    file_size: int | None
+    reason: str
+    frames_recovered: int
+    frames_lost: int | None
+    messages_recovered: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (the ``source.damage`` block of an evaluation report)."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One sentence for logs and summaries."""
+        where = self.file or f"the {self.storage} storage"
+        if self.offset is not None:
+            where += f" at byte {self.offset}" + (f" of {self.file_size}" if self.file_size is not None else "")
+        lost = "an unknown number of frames" if self.frames_lost is None else _frames_text(self.frames_lost)
+        return (f"bag damaged in {where} ({self.reason}): {_frames_text(self.frames_recovered)} before the "
+                f"damage recovered, {lost} lost")
+
+
+def _frames_text(count: int) -> str:
+    return f"{count} frame" if count == 1 else f"{count} frames"
+
+
+class _StreamBroken(Exception):
+    """A bag's message stream ended at damage (raised by the message readers, caught by the frame reader)."""
+
+    def __init__(self, reason: str, file: str | None = None, offset: int | None = None,
+                 file_size: int | None = None, after_data: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.file, self.offset, self.file_size = reason, file, offset, file_size
+        # The damage lies after every message (an mcap summary): no frame is cut.
+        self.after_data = after_data
 
 
 def stamp_ns(header: Any) -> int:
@@ -247,7 +283,10 @@ class BagFrameReader:
         window: how many stamps may be open at once while their messages arrive; the bag is
             ordered by time, so a small window suffices and bounds memory.
 
-    What had to be skipped is counted in ``tally`` (pass one to share it with a caller).
+    What had to be skipped is counted in ``tally``: pass the one the results are reported from (an
+    evaluation passes its ``Evaluation.skipped``); by default the reader keeps its own. A bag that
+    breaks off counts one ``bag read error`` and, once the frames before the damage are out, leaves
+    the details in :attr:`damage` (``None`` for a bag read to its end).
     """
 
     path: str | Path
@@ -256,6 +295,8 @@ class BagFrameReader:
     name_topic: str = FILE_NAME_TOPIC
     window: int = 4
     tally: SkipTally = field(default_factory=SkipTally)
+    damage: BagDamage | None = field(default=None, init=False)
+    _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def _open(self) -> Reader:
         path = Path(self.path)
@@ -269,42 +310,140 @@ class BagFrameReader:
         return reader
 
     def frame_count(self) -> int:
-        """The number of image messages the bag's metadata announces (for progress bars)."""
-        reader = self._open()
+        """The number of image messages the bag announces (for progress bars): the storage's
+        count, or the metadata's when the storage is too damaged to open."""
+        try:
+            reader = self._open()
+        except BagError:
+            announced = self._announced_images()
+            if announced is None:
+                raise
+            return announced
         try:
             return sum(c.msgcount for c in reader.connections if c.topic == self.image_topic)
         finally:
             reader.close()
 
-    def __iter__(self) -> Iterator[BagFrame]:
-        reader = self._open()
+    def _announced_images(self) -> int | None:
+        """The image topic's message count in ``metadata.yaml``, or ``None`` if it records none."""
         try:
-            wanted = [c for c in reader.connections if c.topic in (self.image_topic, self.label_topic, self.name_topic)]
+            topics = _bag_information(self.path).get("topics_with_message_count") or []
+        except BagError:
+            return None
+        counts = [int(t.get("message_count", 0)) for t in topics
+                  if isinstance(t, dict) and (t.get("topic_metadata") or {}).get("name") == self.image_topic]
+        return sum(counts) if counts else None
+
+    def _topics(self) -> tuple[str, str, str]:
+        return self.image_topic, self.label_topic, self.name_topic
+
+    def __iter__(self) -> Iterator[BagFrame]:
+        self.damage = None
+        try:
+            reader = self._open()
+        except BagError as error:
+            files = self._recoverable_mcap_files(error)
+            yield from self._frames(self._recovered_messages(files, error), "mcap")
+            return
+        try:
+            wanted = [c for c in reader.connections if c.topic in self._topics()]
             if not any(c.topic == self.image_topic for c in wanted):
                 topics = ", ".join(sorted({c.topic for c in reader.connections})) or "none"
                 raise BagError(f"bag {self.path} has no {self.image_topic} topic (topics: {topics})")
-            pending: dict[int, _Pending] = {}
-            messages = reader.messages(connections=wanted)
-            while True:
-                try:
-                    item = next(messages)
-                except StopIteration:
-                    break
-                except Exception as exc:  # truncated or corrupt storage: keep what was read
-                    self.tally.record(SKIP_BAG_READ_ERROR, f"{type(exc).__name__}: {exc}")
-                    break
-                self._add(pending, *item)
-                while len(pending) > self.window:
-                    yield from self._emit(pending, min(pending))
-            for stamp in sorted(pending):
-                yield from self._emit(pending, stamp)
+            yield from self._frames(self._stored_messages(reader, wanted), bag_storage(self.path))
         finally:
             reader.close()
+
+    @staticmethod
+    def _stored_messages(reader: Reader, wanted: list[Any]) -> Iterator[tuple[Any, int, bytes]]:
+        messages = reader.messages(connections=wanted)
+        while True:
+            try:
+                item = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:  # corrupt storage (sqlite3 pages, an mcap chunk): keep what was read
+                raise _StreamBroken(f"{type(exc).__name__}: {exc}") from exc
+            yield item
+
+    def _recoverable_mcap_files(self, error: BagError) -> list[Path]:
+        """The storage files of an mcap bag that did not open, to read front to back; re-raises
+        ``error`` for any other bag (sqlite3, compressed files, no metadata, missing files)."""
+        try:
+            info = _bag_information(self.path)
+        except BagError:
+            raise error from None
+        if info.get("storage_identifier") != "mcap" or str(info.get("compression_mode") or "").lower() == "file":
+            raise error
+        files = [Path(self.path) / str(name) for name in info.get("relative_file_paths") or []]
+        if not files or not files[0].is_file():
+            raise error
+        return files
+
+    def _recovered_messages(self, files: list[Path], error: BagError) -> Iterator[tuple[Any, int, bytes]]:
+        topics = self._topics()
+        image_seen = False
+        summary_damage: tuple[Path, Any] | None = None  # a file whose data is whole, but not its summary
+        for path in files:
+            if not path.is_file():
+                raise _StreamBroken(f"{path.name} is missing", path.name)
+            recovery = McapRecovery(path)
+            try:
+                for channel, log_time, raw in recovery.messages():
+                    if channel.topic in topics:
+                        image_seen = image_seen or channel.topic == self.image_topic
+                        yield channel, log_time, raw
+            except McapRecoveryError:
+                raise error from None
+            except OSError as exc:
+                raise _StreamBroken(f"cannot read {path.name}: {exc}", path.name) from exc
+            image_seen = image_seen or any(c.topic == self.image_topic for c in recovery.channels.values())
+            damage = recovery.damage
+            if damage is None:
+                continue
+            if damage.data_complete:
+                summary_damage = summary_damage or (path, damage)
+                continue
+            if not image_seen:
+                raise BagError(f"bag {self.path} is damaged in {path.name} at byte {damage.offset} "
+                               f"({damage.reason}) before any {self.image_topic} message") from error
+            raise _StreamBroken(damage.reason, path.name, damage.offset, damage.file_size)
+        if not image_seen:
+            raise BagError(f"bag {self.path} has no {self.image_topic} topic")
+        if summary_damage is not None:
+            path, damage = summary_damage
+            raise _StreamBroken(damage.reason, path.name, damage.offset, damage.file_size, after_data=True)
+
+    def _frames(self, messages: Iterator[tuple[Any, int, bytes]], storage: str) -> Iterator[BagFrame]:
+        pending: dict[int, _Pending] = {}
+        # Frames yielded, messages read and image messages read (whether they decoded or not).
+        self._counts = counts = {"frames": 0, "messages": 0, "images": 0}
+        try:
+            for connection, log_time, raw in messages:
+                counts["messages"] += 1
+                self._add(pending, connection, log_time, raw)
+                while len(pending) > self.window:
+                    yield from self._emit(pending, min(pending))
+        except _StreamBroken as broken:
+            # The newest stamp's messages may be cut (its labels or name not written yet): leave it out.
+            if pending and not broken.after_data:
+                del pending[max(pending)]
+            for stamp in sorted(pending):
+                yield from self._emit(pending, stamp)
+            announced = self._announced_images()
+            lost = None if announced is None else max(announced - counts["images"], 0)
+            self.damage = BagDamage(storage, broken.file, broken.offset, broken.file_size, broken.reason,
+                                    counts["frames"], lost, counts["messages"])
+            self.tally.record(SKIP_BAG_READ_ERROR, f"{self.path}: {self.damage.describe()}")
+            return
+        for stamp in sorted(pending):
+            yield from self._emit(pending, stamp)
 
     def _add(self, pending: dict[int, _Pending], connection: Any, log_time: int, raw: bytes) -> None:
         try:
             msg = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
         except Exception as exc:  # any corruption of the CDR bytes
+            self._counts["images"] += connection.topic == self.image_topic
             self.tally.record(SKIP_UNDECODABLE_MESSAGE, f"{connection.topic} at {log_time}: {type(exc).__name__}: {exc}")
             return
         if connection.topic == self.name_topic:
@@ -313,9 +452,10 @@ class BagFrameReader:
         stamp = stamp_ns(msg.header)
         try:
             if connection.topic == self.image_topic:
+                entry = pending.setdefault(stamp, _Pending())
+                entry.image_messages += 1
                 decode = compressed_msg_to_array if connection.msgtype == COMPRESSED_TYPE else image_msg_to_array
                 image, order = decode(msg)
-                entry = pending.setdefault(stamp, _Pending())
                 if entry.image is not None:
                     self.tally.record(SKIP_DUPLICATE_STAMP, f"second image at stamp {stamp}")
                     return
@@ -328,11 +468,13 @@ class BagFrameReader:
 
     def _emit(self, pending: dict[int, _Pending], stamp: int) -> Iterator[BagFrame]:
         entry = pending.pop(stamp)
+        self._counts["images"] += entry.image_messages
         if entry.image is None:
             if entry.labels is not None:
                 self.tally.record(SKIP_LABELS_WITHOUT_IMAGE, f"stamp {stamp}")
             return
         image, order, frame_id = entry.image
+        self._counts["frames"] += 1
         yield BagFrame(stamp, image, order, entry.labels, entry.name, frame_id)
 
 

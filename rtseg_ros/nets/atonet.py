@@ -10,21 +10,31 @@ upsampled by fixed factors and only line up with stride 4 for such sizes.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtseg_ros.nets.encoder import ResNetEncoder
+from rtseg_ros.names import ALL_SCALES
+from rtseg_ros.nets.base import SegmentationModel, UpstreamCheckpoint
+from rtseg_ros.nets.checkpoint import KeyMap, rename_state_dict
+from rtseg_ros.nets.encoder import UPSTREAM_KEY_RULES, ResNetEncoder
 from rtseg_ros.nets.layers import ConvBNReLU
+from rtseg_ros.nets.registry import register_model
 
 SIZE_DIVISOR = 16
 
 
 class SpatialPyramidPooling(nn.Module):
     """Pools a projected feature map on grids of ``bin`` rows and ``round(bin * width / height)``
-    columns, projects each pooled map, resizes it back and fuses everything with a 1x1 conv."""
+    columns, projects each pooled map, resizes it back and fuses everything with a 1x1 conv.
+
+    The pooling is :meth:`average_pool`, not ``F.adaptive_avg_pool2d``: the same numbers, built from
+    static slices and means that every exporter and compiler takes as they are (Torch-TensorRT's
+    adaptive pooling converter uses one uniform window and is wrong when the grid does not divide
+    the feature map, e.g. at 480x640 or 384x640 inputs).
+    """
 
     def __init__(self, in_channels: int = 512, branch_channels: int = 128, bins: Sequence[int] = (8, 4, 2)) -> None:
         super().__init__()
@@ -44,9 +54,29 @@ class SpatialPyramidPooling(nn.Module):
         for bins, branch in zip(self.bins, self.branches):
             # Python's round (half to even) as in the authors' code: grid sizes must match exactly.
             grid = (bins, max(1, round(bins * width / height)))
-            pooled = branch(F.adaptive_avg_pool2d(x, grid))
+            pooled = branch(self.average_pool(x, grid))
             pyramid.append(F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=True))
         return self.output_projection(torch.cat(pyramid, dim=1))
+
+    @staticmethod
+    def average_pool(x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """``F.adaptive_avg_pool2d(x, grid)`` (NCHW) as slices and means with sizes fixed at trace time.
+
+        PyTorch's adaptive window ``i`` of ``m`` along a dimension of size ``n`` spans
+        ``[floor(i * n / m), ceil((i + 1) * n / m))``; windows overlap when ``m`` does not divide ``n``.
+        Every 2-D window is a product of a row and a column window, so pooling the rows first and
+        then the columns averages exactly the same pixels.
+        """
+        for dim, bins in ((2, int(grid[0])), (3, int(grid[1]))):
+            size = int(x.shape[dim])
+            if bins == size:
+                continue
+            windows = []
+            for i in range(bins):
+                start, stop = (i * size) // bins, -((-(i + 1) * size) // bins)
+                windows.append(x.narrow(dim, start, stop - start).mean(dim, keepdim=True))
+            x = torch.cat(windows, dim=dim)
+        return x
 
 
 class FeatureProjection(nn.Sequential):
@@ -70,30 +100,61 @@ def _classifier(in_channels: int, hidden: int, num_classes: int, dropout: float 
     return nn.Sequential(*layers)
 
 
-class ATONet(nn.Module):
-    """ATONet with a standard-stem ResNet-18 encoder.
+# --------------------------------------------------------------------------------------------------
+# The authors' checkpoints: bare state_dicts of their ``ATONet`` class. The auxiliary classifiers
+# (``aux_clsN``) are loaded into models built with ``training_heads=True`` and ignored otherwise.
+
+_UPSTREAM_KEYS = KeyMap(
+    *UPSTREAM_KEY_RULES,
+    (r"^up([1-5])\.blend_conv\.", lambda m: f"projections.{int(m[1]) - 1}."),
+    (r"^spp\.conv1\.", "context.input_projection."),
+    (r"^spp\.features\.", "context.branches."),
+    (r"^spp\.conv2\.", "context.output_projection."),
+    (r"^final_ocnv\.", "fusion."),
+    (r"^cls\.", "classifier."),
+    (r"^aux_cls([1-5])\.", r"aux_classifiers.aux\1."),
+)
+_TRAINING_ONLY = ("criterion.",)  # the loss's class weights
+
+
+def checkpoint_filter_fn(state: Mapping[str, Tensor], model: SegmentationModel) -> tuple[dict[str, Tensor], list[str]]:
+    """Renames an official ATONet state_dict to our names; returns (renamed, ignored keys).
+
+    Raises:
+        WeightsError: keys no rule knows.
+    """
+    return rename_state_dict(state, _UPSTREAM_KEYS, network="ATONet", ignore=_TRAINING_ONLY)
+
+
+UPSTREAM = UpstreamCheckpoint(markers=("up1.blend_conv.", "spp.", "final_ocnv."), filter_fn=checkpoint_filter_fn)
+
+
+@register_model("atonet", upstream=UPSTREAM)
+class ATONet(SegmentationModel):
+    """ATONet with a standard-stem ResNet-18 encoder. It has no scale selection.
 
     Args:
         num_classes: number of output classes.
-        bins: pooling grid rows of the pyramid pooling branches.
+        scales: accepted for the common signature; only the default (all of them) is valid.
         training_heads: build the five auxiliary classifiers used for deep supervision (on the four
             encoder stages and on the pyramid pooling output, each at its own stride). They are never
-            part of ``forward``.
+            part of ``forward``; ``forward_train`` returns them as ``"aux1".."aux5"``.
+        bins: pooling grid rows of the pyramid pooling branches.
+        channels: decoder width (128 in the released models).
 
     ``forward(x, output_size=None)``: ``x`` is a normalised RGB batch whose height and width are multiples
     of 16; returns logits at ``output_size`` (default: the input size).
     """
 
-    model_name = "atonet"
     output_stride = 4
-    scales: tuple[int, ...] = (1, 2, 3, 4)
+    # align_corners=False with size = 4x the logits equals the authors' scale_factor=4 resize.
+    align_corners = False
 
     def __init__(
-        self, num_classes: int = 19, bins: Sequence[int] = (8, 4, 2), *, training_heads: bool = False,
-        channels: int = 128,
+        self, num_classes: int = 19, scales: Sequence[int] = ALL_SCALES, *, training_heads: bool = False,
+        bins: Sequence[int] = (8, 4, 2), channels: int = 128,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes, scales)
         self.encoder = ResNetEncoder("standard")
         self.context = SpatialPyramidPooling(512, channels, bins)
         in_channels = (*self.encoder.out_channels, channels)
@@ -120,8 +181,9 @@ class ATONet(nn.Module):
                 f"{-(-width // SIZE_DIVISOR) * SIZE_DIVISOR})"
             )
 
-    def _features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Returns the inputs of the five projections (for the auxiliary heads) and the stride-4 logits."""
+    def logits(self, x: Tensor, *, training_outputs: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Stride-4 logits and, if ``training_outputs`` and the model has them, the auxiliary logits
+        ``"aux1".."aux5"`` at their native strides (4, 8, 16, 32, 32)."""
         self._check_size(x)
         c1, c2, c3, c4 = self.encoder(x)
         features = [c1, c2, c3, c4, self.context(c4)]
@@ -136,23 +198,9 @@ class ATONet(nn.Module):
             + F.interpolate(p4, size=quarter, mode="bilinear", align_corners=False)
             + F.interpolate(p5, size=quarter, mode="bilinear", align_corners=False)
         )
-        return features, self.classifier(self.fusion(self.relu(summed)))
-
-    def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
-        _, logits = self._features(x)
-        return self._upsample(logits, output_size or x.shape[-2:])
-
-    @staticmethod
-    def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
-        # align_corners=False with size = 4x the logits equals the authors' scale_factor=4 resize.
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-
-    def forward_train(self, x: Tensor, output_size: Sequence[int] | None = None) -> dict[str, Tensor]:
-        """``{"out": logits as forward}``, plus ``"aux1".."aux5"`` at their native strides (4, 8, 16, 32, 32)
-        when built with ``training_heads=True``."""
-        features, logits = self._features(x)
-        outputs = {"out": self._upsample(logits, output_size or x.shape[-2:])}
-        if self.aux_classifiers is not None:
+        logits = self.classifier(self.fusion(self.relu(summed)))
+        auxiliary: dict[str, Tensor] = {}
+        if training_outputs and self.aux_classifiers is not None:
             for index, feature in enumerate(features, start=1):
-                outputs[f"aux{index}"] = self.aux_classifiers[f"aux{index}"](feature)
-        return outputs
+                auxiliary[f"aux{index}"] = self.aux_classifiers[f"aux{index}"](feature)
+        return logits, auxiliary

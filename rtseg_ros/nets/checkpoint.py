@@ -1,15 +1,12 @@
-"""Reading, converting and writing network weights.
+"""Reading, checking and writing network weights; knows no network.
 
-This is the only module that knows the authors' parameter names. It accepts:
-
-* our own files (``save_weights``): ``{"format": "rtseg_ros/1", "model", "num_classes", "scales",
-  "label_set", "state_dict", ...}``, or a bare state_dict with our names;
-* the MFARANet authors' checkpoints: ``{"epoch", "state_dict", "optimizer"}`` with ``module.`` prefixes,
-  from class ``MFARANet`` (``layerN.<block>``, ``HMSA_attentions``) or ``MFARANet_Scale_Choice``
-  (``layerN.0.<block>``, ``ASFM_attentions``), with training-only boundary heads, auxiliary head and loss
-  weights, which are ignored;
-* the ATONet authors' bare state_dicts (auxiliary classifiers are used only by models built with
-  ``training_heads=True``).
+It accepts our own files (``save_weights``: ``{"format": "rtseg_ros/1", "model", "num_classes",
+"scales", "label_set", "state_dict", ...}``, or a bare state_dict with our names) and the authors'
+released checkpoints of any registered network, wrapped by their training scripts or not
+(``state_dict``/``model``/``net`` wrappers, DataParallel ``module.`` prefixes). The authors'
+parameter names are turned into ours by the checkpoint filter each network registers beside its
+definition (:class:`~rtseg_ros.nets.base.UpstreamCheckpoint`); :class:`KeyMap` and
+:func:`rename_state_dict` are the helpers those filters share.
 
 Files are read with ``torch.load(weights_only=True)``: nothing is unpickled beyond tensors and plain
 containers. Half-precision files are cast to the model's dtype.
@@ -25,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rtseg_ros.io.files import atomic_output, file_sha256
+from rtseg_ros.nets.base import SegmentationModel
+from rtseg_ros.nets.registry import get_model_entry, list_models
 
 LOG = logging.getLogger(__name__)
 
 FORMAT = "rtseg_ros/1"
+OWN_SOURCE = "rtseg_ros"
 WHERE_WEIGHTS_GO = (
     "put weight files in models/ (models/manifest.yaml lists the authors' released checkpoints "
     "and where to download them) or pass a full path"
@@ -49,7 +49,7 @@ class LoadReport:
     """What ``load_checkpoint`` did.
 
     Attributes:
-        source: ``"rtseg_ros"``, ``"mfaranet-official"`` or ``"atonet-official"``.
+        source: ``"rtseg_ros"`` (our names) or ``"<model>-official"`` (the authors' file).
         loaded: model keys set from the file.
         ignored: file keys the model does not use (training-only parts, modules pruned away).
         reinitialized: model keys left at their initial values because the class count differs
@@ -133,131 +133,53 @@ def weights_hash(path: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Upstream names -> ours
+# Renaming upstream keys (the maps themselves live beside each network)
 
-Rename = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
-
-
-def _rules(*pairs: tuple[str, str | Callable[[re.Match[str]], str]]) -> list[Rename]:
-    return [(re.compile(pattern), replacement) for pattern, replacement in pairs]
+Replacement = str | Callable[[re.Match[str]], str]
 
 
-_ENCODER_RULES = (
-    (r"^layer0\.0\.", "encoder.conv1."),
-    (r"^layer0\.1\.", "encoder.bn1."),
-    (r"^layer([1-4])\.", r"encoder.layer\1."),
-)
+class KeyMap:
+    """Ordered regular-expression renames of state_dict keys; the first pattern that matches wins.
 
-_MFARANET_RULES = _rules(
-    *_ENCODER_RULES,
-    (r"^channel_changes\.", "lateral_projections."),
-    (r"^feature_fuses_up\.", "aggregation.top_down."),
-    (r"^feature_fuses_down\.", "aggregation.bottom_up."),
-    (r"^stage_fuses\.", "aggregation.merge."),
-    (r"^stages_offset\.(\d+)\.channel_change1\.", r"alignments.\1.coarse_projection."),
-    (r"^stages_offset\.(\d+)\.channel_change2\.", r"alignments.\1.fine_projection."),
-    (r"^stages_offset\.(\d+)\.offset_map\.", r"alignments.\1.flow."),
-    (r"^multi_loss_head\.(\d+)\.0\.", lambda m: f"scale_heads.scale{int(m[1]) + 1}."),
-)
-_MFARANET_TRAINING_ONLY = ("boundary_heads.", "aux_head.", "criterion.")
-_MFARANET_ATTENTION = re.compile(r"^(?:HMSA|ASFM)_attentions\.(\d+)\.")
-_SCALE_CHOICE_LAYER = re.compile(r"^layer([1-4])\.0\.(\d+\.)")
+    Args:
+        rules: ``(pattern, replacement)`` pairs, as for ``re.sub`` (replacing the first match).
+    """
 
-_ATONET_RULES = _rules(
-    *_ENCODER_RULES,
-    (r"^up([1-5])\.blend_conv\.", lambda m: f"projections.{int(m[1]) - 1}."),
-    (r"^spp\.conv1\.", "context.input_projection."),
-    (r"^spp\.features\.", "context.branches."),
-    (r"^spp\.conv2\.", "context.output_projection."),
-    (r"^final_ocnv\.", "fusion."),
-    (r"^cls\.", "classifier."),
-    (r"^aux_cls([1-5])\.", r"aux_classifiers.aux\1."),
-)
-_ATONET_TRAINING_ONLY = ("criterion.",)
+    def __init__(self, *rules: tuple[str, Replacement]) -> None:
+        self.rules = [(re.compile(pattern), replacement) for pattern, replacement in rules]
+
+    def rename(self, key: str) -> str | None:
+        """``key`` in our names, or ``None`` if no rule knows it."""
+        for pattern, replacement in self.rules:
+            if pattern.search(key):
+                return pattern.sub(replacement, key, count=1)
+        return None
 
 
-def detect_source(state: Mapping[str, Tensor]) -> str:
-    """``"rtseg_ros"``, ``"mfaranet-official"`` or ``"atonet-official"`` from a state_dict's names."""
-    keys = list(state)
-    if any(k.startswith("encoder.") for k in keys):
-        return "rtseg_ros"
-    if any(k.startswith(("channel_changes.", "multi_loss_head.", "stages_offset.")) for k in keys):
-        return "mfaranet-official"
-    if any(k.startswith(("up1.blend_conv.", "spp.", "final_ocnv.")) for k in keys):
-        return "atonet-official"
-    raise WeightsError(f"not an MFARANet or ATONet state_dict (first keys: {', '.join(keys[:5])})")
-
-
-def _rename(key: str, rules: list[Rename]) -> str | None:
-    for pattern, replacement in rules:
-        if pattern.search(key):
-            return pattern.sub(replacement, key, count=1)
-    return None
-
-
-def convert_official_mfaranet(
-    state: Mapping[str, Tensor], model_scales: tuple[int, ...]
+def rename_state_dict(
+    state: Mapping[str, Tensor], key_map: KeyMap, *, network: str, ignore: tuple[str, ...] = ()
 ) -> tuple[dict[str, Tensor], list[str]]:
-    """Renames an official MFARANet state_dict (either upstream class) to our names.
+    """Renames every key of ``state`` with ``key_map``; keys starting with an ``ignore`` prefix
+    (training-only parts) are dropped.
 
     Returns:
-        (renamed state_dict, ignored training-only keys).
+        (renamed state_dict, ignored keys).
 
     Raises:
-        WeightsError: keys no rule knows, or attention heads whose scales cannot be told.
+        WeightsError: keys neither ignored nor known to ``key_map``, named in the message.
     """
-    if any(_SCALE_CHOICE_LAYER.match(k) for k in state):
-        # MFARANet_Scale_Choice wraps each ResNet layer in a Sequential: layerN.0.<block> -> layerN.<block>.
-        state = {_SCALE_CHOICE_LAYER.sub(r"layer\1.\2", k): v for k, v in state.items()}
-    attention_ids = sorted({int(m[1]) for k in state if (m := _MFARANET_ATTENTION.match(k))})
-    if len(attention_ids) == 4:
-        attention_scales = {j: j + 1 for j in attention_ids}
-    elif attention_ids and len(attention_ids) == len(model_scales):
-        # Upstream numbers the attention heads by position among the chosen scales.
-        attention_scales = dict(zip(attention_ids, model_scales))
-    elif attention_ids:
-        raise WeightsError(
-            f"checkpoint has {len(attention_ids)} scale-attention heads, which cannot be matched to the "
-            f"model's scales {model_scales}"
-        )
-    else:
-        attention_scales = {}
     renamed: dict[str, Tensor] = {}
     ignored: list[str] = []
     unknown: list[str] = []
     for key, value in state.items():
-        if key.startswith(_MFARANET_TRAINING_ONLY):
+        if ignore and key.startswith(ignore):
             ignored.append(key)
-            continue
-        if match := _MFARANET_ATTENTION.match(key):
-            renamed[f"fusion.attention.scale{attention_scales[int(match[1])]}." + key[match.end():]] = value
-            continue
-        new = _rename(key, _MFARANET_RULES)
-        if new is None:
+        elif (new := key_map.rename(key)) is None:
             unknown.append(key)
         else:
             renamed[new] = value
     if unknown:
-        raise WeightsError(f"unknown keys in the MFARANet checkpoint: {preview_keys(unknown)}")
-    return renamed, ignored
-
-
-def convert_official_atonet(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Renames an official ATONet state_dict to our names; returns (renamed, ignored keys)."""
-    renamed: dict[str, Tensor] = {}
-    ignored: list[str] = []
-    unknown: list[str] = []
-    for key, value in state.items():
-        if key.startswith(_ATONET_TRAINING_ONLY):
-            ignored.append(key)
-            continue
-        new = _rename(key, _ATONET_RULES)
-        if new is None:
-            unknown.append(key)
-        else:
-            renamed[new] = value
-    if unknown:
-        raise WeightsError(f"unknown keys in the ATONet checkpoint: {preview_keys(unknown)}")
+        raise WeightsError(f"unknown keys in the {network} checkpoint: {preview_keys(unknown)}")
     return renamed, ignored
 
 
@@ -266,27 +188,48 @@ def convert_official_atonet(state: Mapping[str, Tensor]) -> tuple[dict[str, Tens
 
 
 @functools.lru_cache(maxsize=8)
-def _architecture_keys(model_name: str, num_classes: int) -> frozenset[str]:
+def _architecture_keys(model_class: type[SegmentationModel], num_classes: int) -> frozenset[str]:
     """Every parameter name the architecture can have (all scales, training heads included), so that
     keys of modules pruned away can be told from foreign keys. Built on the meta device: no memory."""
-    from rtseg_ros.nets.builders import build_model
-
     with torch.device("meta"):
-        full = build_model(model_name, num_classes, training_heads=True)
+        full = model_class(num_classes, training_heads=True)
     return frozenset(full.state_dict())
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool = True) -> LoadReport:
+def _to_model_names(
+    state: dict[str, Tensor], model: SegmentationModel, path: str | Path
+) -> tuple[dict[str, Tensor], list[str], str]:
+    """Returns ``state`` in the model's names, the ignored keys, and the source (``rtseg_ros`` or
+    ``<model>-official``), using the upstream layouts registered with the networks."""
+    # A file in our names shares keys with the architecture; the authors' names never do.
+    if _architecture_keys(type(model), model.num_classes).intersection(state):
+        return state, [], OWN_SOURCE
+    entries = [get_model_entry(name) for name in list_models()]
+    for entry in entries:
+        if entry.upstream is not None and entry.upstream.recognizes(state):
+            if entry.name != model.model_name:
+                raise WeightsError(f"{path} holds {entry.display_name} weights, the model is {model.model_name!r}")
+            renamed, ignored = entry.upstream.filter_fn(state, model)
+            return renamed, ignored, f"{entry.name}-official"
+    networks = [entry.display_name for entry in entries]
+    either = " or ".join(filter(None, [", ".join(networks[:-1]), networks[-1]]))
+    raise WeightsError(f"not an {either} state_dict (first keys: {', '.join(list(state)[:5])})")
+
+
+def load_checkpoint(model: SegmentationModel, path: str | Path, *, strict_classes: bool = True) -> LoadReport:
     """Loads weights from ``path`` into ``model`` (built by ``build_model``) and reports what happened.
+
+    The file may be ours or the authors' (renamed by the upstream checkpoint filter registered with
+    the model's network).
 
     Raises:
         WeightsError: missing/unreadable file, another network's weights, missing or unknown keys, or a
             class-count mismatch (unless ``strict_classes=False``, which leaves the class-dependent layers
             at their initial values instead).
     """
-    name = getattr(model, "model_name", None)
-    if name is None:
+    if not isinstance(model, SegmentationModel):
         raise TypeError(f"load_weights expects a model from build_model, got {type(model).__name__}")
+    name = model.model_name
     obj = load_checkpoint_file(path)
     meta: Mapping[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
@@ -294,21 +237,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
         if meta.get("model") != name:
             raise WeightsError(f"{path} holds {meta.get('model')!r} weights, the model is {name!r}")
         obj = obj.get("state_dict")
-    state = _unwrap_state_dict(obj, path)
-    source = detect_source(state)
-    ignored: list[str] = []
-    if source == "mfaranet-official":
-        if name != "mfaranet":
-            raise WeightsError(f"{path} holds MFARANet weights, the model is {name!r}")
-        state, ignored = convert_official_mfaranet(state, model.scales)
-    elif source == "atonet-official":
-        if name != "atonet":
-            raise WeightsError(f"{path} holds ATONet weights, the model is {name!r}")
-        state, ignored = convert_official_atonet(state)
+    state, ignored, source = _to_model_names(_unwrap_state_dict(obj, path), model, path)
 
     own = model.state_dict()
     extra = [k for k in state if k not in own]
-    known = _architecture_keys(name, model.num_classes) if extra else frozenset()
+    known = _architecture_keys(type(model), model.num_classes) if extra else frozenset()
     foreign = [k for k in extra if k not in known]
     if foreign:
         raise WeightsError(f"{path} does not fit {name}: unexpected keys {preview_keys(foreign)}")
@@ -318,7 +251,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
     if missing:
         raise WeightsError(f"{path} does not fit {name}: missing keys {preview_keys(missing)}")
 
-    class_keys, checkpoint_classes = _class_mismatches(name, state, own)
+    class_keys, checkpoint_classes = _class_mismatches(type(model), state, own)
     if meta.get("num_classes") not in (None, model.num_classes):
         checkpoint_classes = int(meta["num_classes"])
     if checkpoint_classes is not None and checkpoint_classes != model.num_classes and strict_classes:
@@ -356,26 +289,24 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict_classes: bool 
 
 
 @functools.lru_cache(maxsize=4)
-def _class_dependent_keys(model_name: str) -> frozenset[str]:
+def _class_dependent_keys(model_class: type[SegmentationModel]) -> frozenset[str]:
     """Names of the tensors whose shape depends on the class count (classifiers, attention outputs)."""
-    from rtseg_ros.nets.builders import build_model
-
     with torch.device("meta"):
-        two = build_model(model_name, 2, training_heads=True).state_dict()
-        three = build_model(model_name, 3, training_heads=True).state_dict()
+        two = model_class(2, training_heads=True).state_dict()
+        three = model_class(3, training_heads=True).state_dict()
     return frozenset(k for k in two if two[k].shape != three[k].shape)
 
 
 def _class_mismatches(
-    model_name: str, state: Mapping[str, Tensor], own: Mapping[str, Tensor]
+    model_class: type[SegmentationModel], state: Mapping[str, Tensor], own: Mapping[str, Tensor]
 ) -> tuple[list[str], int | None]:
     """Class-dependent keys whose shapes differ, and the file's class count (``None`` if they agree)."""
-    dependent = _class_dependent_keys(model_name)
+    dependent = _class_dependent_keys(model_class)
     keys = [k for k in own if k in dependent and state[k].shape != own[k].shape]
     return keys, (int(state[keys[0]].shape[0]) if keys else None)
 
 
-def load_weights(model: nn.Module, path: str | Path, *, strict_classes: bool = True) -> nn.Module:
+def load_weights(model: SegmentationModel, path: str | Path, *, strict_classes: bool = True) -> nn.Module:
     """Loads our own or the authors' weights into ``model`` and returns it.
 
     Args:
@@ -396,7 +327,7 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_classes: bool = T
 
 
 def save_weights(
-    model: nn.Module,
+    model: SegmentationModel,
     path: str | Path,
     *,
     model_name: str,

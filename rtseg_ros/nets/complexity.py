@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rtseg_ros.nets.builders import build_model, normalize_scales
-from rtseg_ros.nets.mfaranet import ALL_SCALES
+from rtseg_ros.names import ALL_SCALES, normalize_scales
+from rtseg_ros.nets.registry import build_model
 
 FLOPS_NOTE = (
     "FLOPs = 2 x multiply-adds of convolutions/matmuls (torch FlopCounterMode); "

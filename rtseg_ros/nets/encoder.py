@@ -26,6 +26,14 @@ LOG = logging.getLogger(__name__)
 Stem = Literal["standard", "deep"]
 STEMS: tuple[str, ...] = ("standard", "deep")
 
+# The MFARANet and ATONet authors both name the backbone layer0 (stem convolution(s), stem BN) and
+# layer1..4 at the top level of their networks; the networks' checkpoint filters start from these renames.
+UPSTREAM_KEY_RULES: tuple[tuple[str, str], ...] = (
+    (r"^layer0\.0\.", "encoder.conv1."),
+    (r"^layer0\.1\.", "encoder.bn1."),
+    (r"^layer([1-4])\.", r"encoder.layer\1."),
+)
+
 
 class BasicBlock(nn.Module):
     """The two-convolution residual block of ResNet-18/34."""

@@ -10,19 +10,25 @@ sums the per-scale logits.
 scale's classifier alone, no attention. Only the modules the chosen scales need are built and run: the
 flow fields are chained from coarse to fine, so scale ``s`` needs the stage features 1..s and the flow
 fields 1..s-1, while the top-down pyramid is always needed (stage 1 depends on every level).
+
+The authors' parameter names and how they map to ours sit just before the model class
+(:func:`checkpoint_filter_fn`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtseg_ros.nets.encoder import ResNetEncoder
+from rtseg_ros.names import ALL_SCALES
+from rtseg_ros.nets.base import SegmentationModel, UpstreamCheckpoint
+from rtseg_ros.nets.checkpoint import KeyMap, WeightsError, rename_state_dict
+from rtseg_ros.nets.encoder import UPSTREAM_KEY_RULES, ResNetEncoder
 from rtseg_ros.nets.layers import ConvBNReLU
-
-ALL_SCALES: tuple[int, ...] = (1, 2, 3, 4)
+from rtseg_ros.nets.registry import register_model
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -135,26 +141,91 @@ class ScaleFusion(nn.Module):
         return fused
 
 
-class MFARANet(nn.Module):
+# --------------------------------------------------------------------------------------------------
+# The authors' checkpoints: class ``MFARANet`` (``layerN.<block>``, ``HMSA_attentions``) or
+# ``MFARANet_Scale_Choice`` (``layerN.0.<block>``, ``ASFM_attentions``), saved as
+# ``{"epoch", "state_dict", "optimizer"}`` with ``module.`` prefixes (the generic loader unwraps those).
+
+_UPSTREAM_RULES = (
+    *UPSTREAM_KEY_RULES,
+    (r"^channel_changes\.", "lateral_projections."),
+    (r"^feature_fuses_up\.", "aggregation.top_down."),
+    (r"^feature_fuses_down\.", "aggregation.bottom_up."),
+    (r"^stage_fuses\.", "aggregation.merge."),
+    (r"^stages_offset\.(\d+)\.channel_change1\.", r"alignments.\1.coarse_projection."),
+    (r"^stages_offset\.(\d+)\.channel_change2\.", r"alignments.\1.fine_projection."),
+    (r"^stages_offset\.(\d+)\.offset_map\.", r"alignments.\1.flow."),
+    (r"^multi_loss_head\.(\d+)\.0\.", lambda m: f"scale_heads.scale{int(m[1]) + 1}."),
+)
+# Boundary heads, the auxiliary head and the loss's class weights only serve training upstream.
+_TRAINING_ONLY = ("boundary_heads.", "aux_head.", "criterion.")
+_ATTENTION = re.compile(r"^(?:HMSA|ASFM)_attentions\.(\d+)\.")
+_SCALE_CHOICE_LAYER = re.compile(r"^layer([1-4])\.0\.(\d+\.)")
+
+
+def checkpoint_filter_fn(state: Mapping[str, Tensor], model: SegmentationModel) -> tuple[dict[str, Tensor], list[str]]:
+    """Renames an official MFARANet state_dict (either upstream class) to our names.
+
+    Returns:
+        (renamed state_dict, ignored training-only keys).
+
+    Raises:
+        WeightsError: keys no rule knows, or attention heads whose scales cannot be told.
+    """
+    if any(_SCALE_CHOICE_LAYER.match(k) for k in state):
+        # MFARANet_Scale_Choice wraps each ResNet layer in a Sequential: layerN.0.<block> -> layerN.<block>.
+        state = {_SCALE_CHOICE_LAYER.sub(r"layer\1.\2", k): v for k, v in state.items()}
+    attention_ids = sorted({int(m[1]) for k in state if (m := _ATTENTION.match(k))})
+    if len(attention_ids) == len(ALL_SCALES):
+        attention_scales = {j: j + 1 for j in attention_ids}  # heads 0..3 of scales 1..4
+    elif attention_ids and len(attention_ids) == len(model.scales):
+        # Upstream numbers the attention heads by position among the chosen scales.
+        attention_scales = dict(zip(attention_ids, model.scales))
+    elif attention_ids:
+        raise WeightsError(
+            f"checkpoint has {len(attention_ids)} scale-attention heads, which cannot be matched to the "
+            f"model's scales {model.scales}"
+        )
+    else:
+        attention_scales = {}
+    key_map = KeyMap(
+        (_ATTENTION.pattern, lambda m: f"fusion.attention.scale{attention_scales[int(m[1])]}."),
+        *_UPSTREAM_RULES,
+    )
+    return rename_state_dict(state, key_map, network="MFARANet", ignore=_TRAINING_ONLY)
+
+
+UPSTREAM = UpstreamCheckpoint(
+    markers=("channel_changes.", "multi_loss_head.", "stages_offset."), filter_fn=checkpoint_filter_fn
+)
+
+
+@register_model("mfaranet", upstream=UPSTREAM)
+class MFARANet(SegmentationModel):
     """MFARANet with a deep-stem, dilated ResNet-18 encoder.
 
     Args:
         num_classes: number of output classes.
         scales: non-empty subset of {1, 2, 3, 4}: the stages (1 = stride 4 ... 4 = stride 32) whose
             classifiers form the output. One scale gives the pruned model.
+        training_heads: accepted for the common signature; the training outputs are the per-scale
+            classifiers, which the model always has.
         channels: decoder width (128 in the released models).
 
     ``forward(x, output_size=None)`` takes a normalised RGB batch of any size and returns logits at
-    ``output_size`` (default: the input size). ``forward_train`` also returns each scale's logits at stride 4.
+    ``output_size`` (default: the input size). ``forward_train`` also returns each scale's logits at stride 4
+    (``"scaleN"``).
     """
 
-    model_name = "mfaranet"
+    scale_selection = True
     output_stride = 4
+    align_corners = True  # the authors use align_corners=True for every bilinear resize in this network
 
-    def __init__(self, num_classes: int = 19, scales: Sequence[int] = ALL_SCALES, channels: int = 128) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.scales = tuple(sorted(scales))
+    def __init__(
+        self, num_classes: int = 19, scales: Sequence[int] = ALL_SCALES, *, training_heads: bool = False,
+        channels: int = 128,
+    ) -> None:
+        super().__init__(num_classes, scales)
         num_stages = max(self.scales)
         self.encoder = ResNetEncoder("deep", dilated=True)
         self.lateral_projections = nn.ModuleList(
@@ -182,18 +253,7 @@ class MFARANet(nn.Module):
         logits = {s: self.scale_heads[f"scale{s}"](f) for s, f in features.items()}
         return features, logits
 
-    def _fused(self, features: dict[int, Tensor], logits: dict[int, Tensor]) -> Tensor:
-        if self.fusion is None:
-            return logits[self.scales[0]]
-        return self.fusion(features, logits)
-
-    def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+    def logits(self, x: Tensor, *, training_outputs: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         features, logits = self._scale_logits(x)
-        return _resize(self._fused(features, logits), output_size or x.shape[-2:])
-
-    def forward_train(self, x: Tensor, output_size: Sequence[int] | None = None) -> dict[str, Tensor]:
-        """``{"out": logits as forward, "scaleN": scale N's logits at stride 4}`` for the chosen scales."""
-        features, logits = self._scale_logits(x)
-        outputs = {"out": _resize(self._fused(features, logits), output_size or x.shape[-2:])}
-        outputs.update({f"scale{s}": v for s, v in logits.items()})
-        return outputs
+        fused = logits[self.scales[0]] if self.fusion is None else self.fusion(features, logits)
+        return fused, ({f"scale{s}": v for s, v in logits.items()} if training_outputs else {})

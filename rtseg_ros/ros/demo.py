@@ -11,9 +11,6 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rtseg_ros.datasets.base import IMAGE_SUFFIXES, list_images
-from rtseg_ros.datasets.synthetic import make_scene
-from rtseg_ros.ros.node_process import stop_node_process
+from rtseg_ros.engines import SegmenterConfig
+from rtseg_ros.io.frames import FrameSourceError, is_bag, open_frames, synthetic_frames
+from rtseg_ros.names import PARAMETERS, Topics
+from rtseg_ros.ros.node_process import (
+    NodeExitedError,
+    NodeProcess,
+    loopback_dds_environment,
+    node_command,
+    package_file,
+    read_params_file,
+)
 
 __all__ = [
     "DemoError",
@@ -32,11 +37,9 @@ __all__ = [
     "TOY_WEIGHTS",
     "UNTRAINED_WARNING",
     "IMAGE_TOPIC",
-    "package_file",
-    "loopback_dds_environment",
     "frame_source",
     "choose_weights",
-    "node_command",
+    "demo_node_command",
     "run_demo",
 ]
 
@@ -111,31 +114,6 @@ class DemoSummary:
     node_command: list[str] = field(default_factory=list)
 
 
-def package_file(relative: str) -> Path:
-    """A file of the package's share folder (``config/...``), installed or in the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("rtseg_ros")) / relative
-        if installed.exists():
-            return installed
-    except (ImportError, OSError, LookupError):  # no ament, no AMENT_PREFIX_PATH, or not installed there
-        pass
-    # pip and editable installs do not install data files where ament looks; use the checkout.
-    return Path(__file__).resolve().parents[2] / relative
-
-
-def loopback_dds_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:
-    """The DDS settings that keep the demo on this host, for each one ``environ`` does not set yet."""
-    wanted = {
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "FASTRTPS_DEFAULT_PROFILES_FILE": str(package_file("config/fastdds_localhost.xml")),
-        # The pip ROS wheels ship no default middleware.
-        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-    }
-    return {key: value for key, value in wanted.items() if not environ.get(key)}
-
-
 def frame_source(settings: DemoSettings) -> Iterator[tuple[np.ndarray, str]]:
     """Endless ``(image, color_order)`` frames from the configured source (file sources loop).
 
@@ -144,28 +122,26 @@ def frame_source(settings: DemoSettings) -> Iterator[tuple[np.ndarray, str]]:
     """
     if settings.source == "synthetic":
         height, width = settings.frame_size
-        seeds = range(SYNTHETIC_FIRST_SEED, SYNTHETIC_FIRST_SEED + SYNTHETIC_SCENES)
-        scenes = [make_scene(seed, height, width)[0] for seed in seeds]
+        scenes = synthetic_frames(height, width, SYNTHETIC_SCENES, SYNTHETIC_FIRST_SEED)
         return itertools.cycle((scene, "rgb") for scene in scenes)
     path = Path(settings.source).expanduser()
     if not path.exists():
         raise DemoError(f"source {settings.source!r} is neither 'synthetic' nor an existing file or folder")
-    if path.is_dir() and (path / "metadata.yaml").is_file():
-        return _looping(lambda: _bag_frames(path, settings.bag_topic), f"rosbag2 {path} on {settings.bag_topic}")
-    if path.is_dir():
-        images = list_images(path)
-        if not images:
-            raise DemoError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-        return _looping(lambda: _image_files(images), f"folder {path}")
-    return _looping(lambda: _video_frames(path), f"video {path}")
+    if is_bag(path):
+        name = f"rosbag2 {path} on {settings.bag_topic}"
+    else:
+        name = f"{'folder' if path.is_dir() else 'video'} {path}"
+    return _looping(lambda: open_frames(path, image_topic=settings.bag_topic), name)
 
 
 def _looping(make: Callable[[], Iterator[tuple[np.ndarray, str]]], name: str) -> Iterator[tuple[np.ndarray, str]]:
-    first = make()
     try:
+        first = make()
         frame = next(first)
     except StopIteration:
         raise DemoError(f"{name} holds no readable frames") from None
+    except FrameSourceError as exc:
+        raise DemoError(str(exc)) from None
 
     def frames() -> Iterator[tuple[np.ndarray, str]]:
         yield frame
@@ -174,37 +150,6 @@ def _looping(make: Callable[[], Iterator[tuple[np.ndarray, str]]], name: str) ->
             yield from make()
 
     return frames()
-
-
-def _image_files(paths: list[Path]) -> Iterator[tuple[np.ndarray, str]]:
-    for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is not None:
-            yield image, "bgr"
-
-
-def _video_frames(path: Path) -> Iterator[tuple[np.ndarray, str]]:
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise DemoError(f"cannot open {path} as a video")
-    try:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                return
-            yield image, "bgr"
-    finally:
-        capture.release()
-
-
-def _bag_frames(path: Path, topic: str) -> Iterator[tuple[np.ndarray, str]]:
-    from rtseg_ros.io.bags import BagError, BagFrameReader
-
-    try:
-        for frame in BagFrameReader(path, image_topic=topic):
-            yield frame.image, frame.color_order
-    except BagError as exc:
-        raise DemoError(str(exc)) from None
 
 
 def choose_weights(weights: str | None) -> tuple[str | None, str]:
@@ -228,25 +173,32 @@ def choose_weights(weights: str | None) -> tuple[str | None, str]:
     return None, "UNTRAINED random weights"
 
 
-def node_command(settings: DemoSettings, weights: str | None) -> list[str]:
-    """The command line that starts the segmentation node for ``settings``."""
-    config = Path(settings.config).expanduser()
-    if not config.is_file():
-        config = package_file(f"config/{settings.config}")
-    if not config.is_file():
+def demo_node_command(settings: DemoSettings, weights: str | None) -> list[str]:
+    """The command line that starts the segmentation node for ``settings``.
+
+    The engine is the config file's, with the chosen weights, what our checkpoint records and the
+    demo's overrides on top; the file's other settings (confidence encoding, overlay ...) stay.
+    """
+    config_path = Path(settings.config).expanduser()
+    if not config_path.is_file():
+        config_path = package_file(f"config/{settings.config}")
+    if not config_path.is_file():
         raise DemoError(f"config {settings.config!r} is neither a file nor in {package_file('config')}")
-    overrides: dict[str, object] = {"weights": weights or "", "qos_reliability": "reliable"}
+    try:
+        values = read_params_file(config_path)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
+    # As the node does, a params file's unknown names are ignored.
+    engine: dict[str, object] = {name: value for name, value in values.items() if name in PARAMETERS}
+    engine["weights"] = weights or ""
     if weights:
-        overrides.update(_checkpoint_settings(weights))
+        engine.update(_checkpoint_settings(weights))
     if settings.model:
-        overrides["model"] = settings.model
+        engine["model"] = settings.model
     if settings.input_size:
-        overrides["input_height"], overrides["input_width"] = settings.input_size
-    command = [sys.executable, "-m", "rtseg_ros.ros.segmentation_node", "--ros-args",
-               "--params-file", str(config), "-r", f"image:={IMAGE_TOPIC}"]
-    for name, value in overrides.items():
-        command += ["-p", f"{name}:={json.dumps(value)}"]
-    return command
+        engine["input_height"], engine["input_width"] = settings.input_size
+    return node_command(SegmenterConfig.from_parameters(engine), node_settings={"qos_reliability": "reliable"},
+                        remaps={Topics.IMAGE.name: IMAGE_TOPIC}, params_file=config_path)
 
 
 def _checkpoint_settings(weights: str) -> dict[str, object]:
@@ -277,52 +229,33 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     os.environ.update(loopback_dds_environment(os.environ))
     out_dir = settings.out_dir.expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = node_command(settings, weights)
+    command = demo_node_command(settings, weights)
     summary = DemoSummary(weights=weights or "", weights_note=note, node_command=command,
                           node_log=str(out_dir / "node.log"))
 
     # Imported here so that `rtseg demo --help` and the settings checks above need no ROS.
     from rtseg_ros.ros.demo_client import DemoClient
 
-    with open(summary.node_log, "w") as log:
-        echo(f"starting the node (log: {summary.node_log})")
-        # A session of its own: Ctrl-C reaches only the demo, which then stops the node in order.
-        node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-                                start_new_session=True)
-        try:
+    echo(f"starting the node (log: {summary.node_log})")
+    try:
+        with NodeProcess(command, summary.node_log) as node:
             video = out_dir / "overlay.mp4" if settings.video else None
             with DemoClient(IMAGE_TOPIC, frames, settings.rate_hz, video=video) as client:
-                _wait_for_node(client, node, settings.startup_timeout_s, summary.node_log)
+                node.wait_ready(lambda: client.ready, settings.startup_timeout_s, client.spin_once)
                 echo(f"node ready: {client.label_info_text}")
                 try:
-                    client.run(settings.duration_s, echo, check=lambda: _check_running(node, summary.node_log))
+                    client.run(settings.duration_s, echo, check=node.check_running)
                 except KeyboardInterrupt:
                     echo("interrupted: stopping the camera and the node")
-                client.fill(summary)
+                for name, value in client.figures().items():
+                    setattr(summary, name, value)
                 overlay = client.last_overlay
                 if overlay is not None:
                     summary.overlay_png = str(out_dir / "overlay.png")
                     cv2.imwrite(summary.overlay_png, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
                 if client.video_frames:
                     summary.overlay_video = str(out_dir / "overlay.mp4")
-        finally:
-            stop_node_process(node)
+    except NodeExitedError as exc:
+        raise DemoError(str(exc)) from None
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str) + "\n")
     return summary
-
-
-def _check_running(node: subprocess.Popen, log_path: str) -> None:
-    """Raise DemoError with the end of the node's log if the node process has ended."""
-    if node.poll() is not None:
-        tail = Path(log_path).read_text().strip().splitlines()[-15:]
-        raise DemoError(f"the node exited with code {node.returncode}:\n" + "\n".join(tail))
-
-
-def _wait_for_node(client: "DemoClient", node: subprocess.Popen, timeout_s: float, log_path: str) -> None:  # noqa: F821
-    deadline = time.monotonic() + timeout_s
-    while not client.node_ready:
-        _check_running(node, log_path)
-        if time.monotonic() > deadline:
-            raise DemoError(f"the node did not come up within {timeout_s:.0f} s; see {log_path}")
-        client.spin_once(0.1)
-

@@ -1,35 +1,19 @@
-"""The demo's ROS side: a camera publisher that also listens to the segmentation outputs."""
+"""The demo's ROS side: the shared camera feeder and output listener, a fixed-rate loop, an overlay video."""
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import cv2
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
-from sensor_msgs.msg import Image
-from std_msgs.msg import Header
 
-from rtseg_ros.io.images import array_to_image_fields, image_msg_to_array
-from rtseg_ros.ros.demo import DemoSummary
-from rtseg_ros.ros.segmentation_node import (
-    LABEL_INFO_QOS,
-    LABEL_INFO_TYPE,
-    NODE_NAME,
-    LabelInfo,
-    diagnostic_name,
-)
+from rtseg_ros.io.images import image_msg_to_array
+from rtseg_ros.names import Topics
+from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
 
 __all__ = ["DemoClient"]
 
@@ -50,16 +34,21 @@ class DemoClient:
         frames: endless ``(image, color_order)`` frames.
         rate_hz: publishing rate.
         video: if given, every overlay received is appended to this mp4 file.
+        namespace: the node's namespace.
     """
 
     def __init__(self, image_topic: str, frames: Iterator[tuple[np.ndarray, str]], rate_hz: float,
-                 video: Path | None = None) -> None:
-        self._context = Context()
-        # No rclpy signal handlers: Ctrl-C must reach the demo loop as KeyboardInterrupt.
-        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
-        self._node = Node("rtseg_demo_camera", context=self._context)
-        self._executor = SingleThreadedExecutor(context=self._context)
-        self._executor.add_node(self._node)
+                 video: Path | None = None, namespace: str = "") -> None:
+        self._session = ClientSession()
+        context = self._session.context
+        self.feeder = self._session.add(CameraFeeder(
+            namespace=namespace, image_topic=image_topic, depth=2, frame_id=CAMERA_FRAME_ID,
+            node_name="rtseg_demo_camera", context=context))
+        self.listener = self._session.add(OutputListener(
+            namespace=namespace, outputs=(Topics.LABELS, Topics.OVERLAY), on_message=self._on_output,
+            listener_name="rtseg_demo_listener", context=context))
+        self._labels = self.listener.stats(Topics.LABELS)
+        self._overlay_topic = self.listener.topic(Topics.OVERLAY)
         self._frames = frames
         self._period = 1.0 / rate_hz
         self._video_path = video
@@ -67,22 +56,7 @@ class DemoClient:
         self.video_frames = 0
         self._last_video_stamp: Time | None = None
         self.last_overlay: np.ndarray | None = None
-        self.label_info_text = ""
-        self._published = 0
-        self._received = 0
-        self._latencies_ms: list[float] = []
-        self._first_publish: float | None = None
-        self._elapsed = 0.0  # from the first to the last frame published
         self._window_start = (0, 0, 0)  # published, received, latency count at the last report
-        self._node_values: dict[str, str] = {}
-
-        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self._camera = self._node.create_publisher(Image, image_topic, reliable)
-        node = self._node
-        node.create_subscription(Image, "/segmentation/labels", self._on_labels, 10)
-        node.create_subscription(Image, "/segmentation/overlay", self._on_overlay, 10)
-        node.create_subscription(LABEL_INFO_TYPE, "/segmentation/label_info", self._on_label_info, LABEL_INFO_QOS)
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def __enter__(self) -> DemoClient:
         return self
@@ -91,17 +65,19 @@ class DemoClient:
                  traceback: TracebackType | None) -> None:
         if self._video is not None:
             self._video.release()
-        self._executor.shutdown()
-        self._node.destroy_node()
-        rclpy.try_shutdown(context=self._context)
+        self._session.close()
 
     @property
-    def node_ready(self) -> bool:
-        """True once the node has published its label_info (its engine is built)."""
-        return bool(self.label_info_text)
+    def ready(self) -> bool:
+        """True once the node is up (label_info in, outputs connected) and takes the camera topic."""
+        return self.listener.ready and self.feeder.connected
+
+    @property
+    def label_info_text(self) -> str:
+        return self.listener.label_info_text
 
     def spin_once(self, timeout_s: float) -> None:
-        self._executor.spin_once(timeout_sec=timeout_s)
+        self._session.spin_once(timeout_s)
 
     def run(self, duration_s: float, echo: Callable[[str], None], check: Callable[[], None] = lambda: None) -> None:
         """Publish for ``duration_s``, printing statistics every second, then drain the outputs.
@@ -113,51 +89,45 @@ class DemoClient:
         while (now := time.monotonic()) < start + duration_s:
             check()
             if now >= next_frame:
-                self._publish_frame()
+                self.feeder.publish_frame(*next(self._frames))
                 # Skip missed ticks rather than bursting to catch up.
                 next_frame = max(next_frame + self._period, now)
             if now >= last_report + 1.0:
                 echo(self._report_line(now - start, now - last_report))
                 last_report = now
-            self.spin_once(max(0.0, min(next_frame, last_report + 1.0) - time.monotonic()))
+            self.spin_once(min(next_frame, last_report + 1.0) - time.monotonic())
         drain_end = time.monotonic() + DRAIN_S
-        while self._received + self._dropped_by_node() < self._published and time.monotonic() < drain_end:
+        while self._labels.count + self._dropped_by_node() < self.feeder.published and time.monotonic() < drain_end:
             self.spin_once(0.05)
         now = time.monotonic()
         echo(self._report_line(now - start, now - last_report))
 
-    def fill(self, summary: DemoSummary) -> None:
-        """Copy the run's totals into ``summary``."""
-        elapsed = max(self._elapsed, 1e-6)
-        summary.frames_published = self._published
-        summary.frames_segmented = self._received
-        summary.frames_dropped_by_node = self._dropped_by_node()
-        summary.frames_bad = int(self._node_values.get("frames_bad", 0))
-        summary.input_fps = self._published / elapsed
-        summary.output_fps = self._received / elapsed
-        if self._latencies_ms:
-            summary.latency_p50_ms = float(np.percentile(self._latencies_ms, 50))
-            summary.latency_p95_ms = float(np.percentile(self._latencies_ms, 95))
+    def figures(self) -> dict[str, Any]:
+        """The run's totals, by the name of the ``DemoSummary`` field they fill."""
+        feeder = self.feeder
+        elapsed = 0.0  # from the first to the last frame published
+        if feeder.first_published_s is not None and feeder.last_published_s is not None:
+            elapsed = feeder.last_published_s - feeder.first_published_s
+        elapsed = max(elapsed, 1e-6)
+        p50, p95 = self._labels.latency_percentiles((50, 95))
+        return {
+            "frames_published": feeder.published,
+            "frames_segmented": self._labels.count,
+            "frames_dropped_by_node": self._dropped_by_node(),
+            "frames_bad": int(self.listener.status.get("frames_bad", 0)),
+            "input_fps": feeder.published / elapsed,
+            "output_fps": self._labels.count / elapsed,
+            "latency_p50_ms": p50,
+            "latency_p95_ms": p95,
+        }
 
     # Internals ------------------------------------------------------------------------------
 
-    def _publish_frame(self) -> None:
-        image, color_order = next(self._frames)
-        encoding = "rgb8" if color_order == "rgb" else "bgr8"
-        header = Header(stamp=self._node.get_clock().now().to_msg(), frame_id=CAMERA_FRAME_ID)
-        self._camera.publish(Image(header=header, **array_to_image_fields(image, encoding)))
-        self._published += 1
-        now = time.monotonic()
-        if self._first_publish is None:
-            self._first_publish = now
-        self._elapsed = now - self._first_publish
+    def _on_output(self, topic: str, msg: Any, received_s: float) -> None:
+        if topic == self._overlay_topic:
+            self._on_overlay(msg)
 
-    def _on_labels(self, msg: Image) -> None:
-        latency = self._node.get_clock().now() - Time.from_msg(msg.header.stamp)
-        self._received += 1
-        self._latencies_ms.append(latency.nanoseconds * 1e-6)
-
-    def _on_overlay(self, msg: Image) -> None:
+    def _on_overlay(self, msg: Any) -> None:
         overlay, _ = image_msg_to_array(msg)
         self.last_overlay = overlay.copy()
         if self._video_path is None:
@@ -179,32 +149,16 @@ class DemoClient:
             self._video.write(frame)
         self.video_frames += repeats
 
-    def _on_label_info(self, msg: object) -> None:
-        if LabelInfo is not None and isinstance(msg, LabelInfo):
-            self.label_info_text = f"{len(msg.class_map)} classes"
-            return
-        info = json.loads(msg.data)  # type: ignore[attr-defined]
-        height, width = info["input_size"]
-        self.label_info_text = (
-            f"{info['model']} on {info['label_set']} ({info['num_classes']} classes), input {height}x{width}, "
-            f"{info['backend']}/{info['precision']} on {info['device']}")
-
-    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == diagnostic_name(f"/{NODE_NAME}"):
-                self._node_values = {kv.key: kv.value for kv in status.values}
-
     def _dropped_by_node(self) -> int:
-        return int(self._node_values.get("frames_dropped", 0))
+        return int(self.listener.status.get("frames_dropped", 0))
 
     def _report_line(self, elapsed: float, period: float) -> str:
         """Rates and latency since the previous line, drops and bad frames since the start."""
         published, received, latency_count = self._window_start
-        window = self._latencies_ms[latency_count:]
         period = max(period, 1e-6)
-        self._window_start = (self._published, self._received, len(self._latencies_ms))
-        p50, p95 = (np.percentile(window, [50, 95]) if window else (math.nan, math.nan))
-        return (f"{elapsed:6.1f} s | camera {(self._published - published) / period:5.1f} fps | "
-                f"segmented {(self._received - received) / period:5.1f} fps | "
+        p50, p95 = self._labels.latency_percentiles((50, 95), since=latency_count)
+        self._window_start = (self.feeder.published, self._labels.count, len(self._labels.latencies_ms))
+        return (f"{elapsed:6.1f} s | camera {(self.feeder.published - published) / period:5.1f} fps | "
+                f"segmented {(self._labels.count - received) / period:5.1f} fps | "
                 f"latency p50 {p50:6.0f} ms  p95 {p95:6.0f} ms | "
-                f"dropped {self._dropped_by_node()} | bad {self._node_values.get('frames_bad', '0')}")
+                f"dropped {self._dropped_by_node()} | bad {self.listener.status.get('frames_bad', '0')}")

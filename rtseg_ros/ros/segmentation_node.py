@@ -9,10 +9,13 @@ Topics (relative names, so a namespace or remap moves them):
   ``segmentation/label_info`` (transient local), and ``/diagnostics`` once a second.
 
 Every output carries the input frame's header. The node only wires: decoding is
-``rtseg_ros.io.images``, inference the ``Segmenter``, threading ``inference_worker``.
+``rtseg_ros.io.images``, inference the ``Segmenter``, threading ``engines.serving``, the overlay ``io.overlay``.
+
+Topic names, types and QoS are :class:`rtseg_ros.names.Topics`; parameters are
+:data:`rtseg_ros.names.PARAMETERS`.
 
 ``label_info`` is ``vision_msgs/LabelInfo`` where vision_msgs is installed. Otherwise it is a
-``std_msgs/String`` holding JSON::
+``std_msgs/String`` holding JSON (:meth:`SegmenterConfig.label_info_fields`)::
 
     {"format": "rtseg_ros/label_info/1", "label_set": "cityscapes", "num_classes": 19,
      "ignore_index": 255, "classes": [{"id": 0, "name": "road", "color": [128, 64, 128]}, ...],
@@ -24,6 +27,7 @@ Every output carries the input frame's header. The node only wires: decoding is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -37,22 +41,30 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header, String
 
 from rtseg_ros.engines import Segmenter, SegmenterConfig
+from rtseg_ros.engines.serving import EngineSwapper, LatestFrameWorker
 from rtseg_ros.io.images import (
     ImageDecodeError,
     array_to_image_fields,
     compressed_msg_to_array,
     image_msg_to_array,
 )
+from rtseg_ros.io.overlay import overlay_labels
+from rtseg_ros.names import LABEL_INFO_FORMAT, NODE_NAME, Topics
 from rtseg_ros.ros.diagnostics import FrameStatistics, diagnostic_status
-from rtseg_ros.ros.inference_worker import EngineSwapper, LatestFrameWorker
-from rtseg_ros.ros.overlay import overlay_labels
+from rtseg_ros.ros.interfaces import (
+    LABEL_INFO_QOS,
+    LABEL_INFO_TYPE,
+    LabelInfo,
+    VisionClass,
+    diagnostic_name,
+    qos_profile,
+)
 from rtseg_ros.ros.parameters import (
     ENGINE_PARAMETERS,
     ParameterError,
@@ -61,11 +73,6 @@ from rtseg_ros.ros.parameters import (
     validate_parameters,
 )
 
-try:  # vision_msgs is optional: the JSON label_info stands in where it is missing.
-    from vision_msgs.msg import LabelInfo, VisionClass
-except ImportError:
-    LabelInfo = VisionClass = None
-
 __all__ = [
     "LABEL_INFO_FORMAT",
     "LABEL_INFO_QOS",
@@ -73,16 +80,10 @@ __all__ = [
     "SegmentationNode",
     "StartupError",
     "diagnostic_name",
-    "label_info",
     "main",
     "scale_camera_info",
 ]
 
-LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
-LABEL_INFO_TYPE = LabelInfo if LabelInfo is not None else String
-# label_info is latched, so subscribers that join late (RViz, the demo, the evaluator) still get it.
-LABEL_INFO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-NODE_NAME = "segmentation_node"
 # Bad-frame and inference-error logs repeat at most this often.
 LOG_THROTTLE_S = 5.0
 
@@ -132,18 +133,18 @@ class SegmentationNode(Node):
         self._camera_info: CameraInfo | None = None
         self._stats = FrameStatistics()
 
-        camera_reliability = (ReliabilityPolicy.RELIABLE if values["qos_reliability"] == "reliable"
-                              else ReliabilityPolicy.BEST_EFFORT)
-        camera_qos = QoSProfile(depth=values["qos_depth"], reliability=camera_reliability)
-        # Reliable outputs match reliable and best-effort subscribers alike (RViz, message_filters);
-        # with keep-last history a slow subscriber never blocks the node.
-        output_qos = QoSProfile(depth=values["qos_depth"], reliability=ReliabilityPolicy.RELIABLE)
-        self._labels_pub = self.create_publisher(Image, "segmentation/labels", output_qos)
-        self._confidence_pub = self.create_publisher(Image, "segmentation/confidence", output_qos)
-        self._overlay_pub = self.create_publisher(Image, "segmentation/overlay", output_qos)
-        self._camera_info_pub = self.create_publisher(CameraInfo, "segmentation/camera_info", output_qos)
-        self._label_info_pub = self.create_publisher(LABEL_INFO_TYPE, "segmentation/label_info", LABEL_INFO_QOS)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        depth = values["qos_depth"]
+        # The camera subscriptions take reliability and depth from the parameters, the outputs the depth.
+        camera_qos = qos_profile(dataclasses.replace(Topics.IMAGE.qos, reliability=values["qos_reliability"]), depth)
+        self._labels_pub = self.create_publisher(Image, Topics.LABELS.name, qos_profile(Topics.LABELS.qos, depth))
+        self._confidence_pub = self.create_publisher(
+            Image, Topics.CONFIDENCE.name, qos_profile(Topics.CONFIDENCE.qos, depth))
+        self._overlay_pub = self.create_publisher(Image, Topics.OVERLAY.name, qos_profile(Topics.OVERLAY.qos, depth))
+        self._camera_info_pub = self.create_publisher(
+            CameraInfo, Topics.OUTPUT_CAMERA_INFO.name, qos_profile(Topics.OUTPUT_CAMERA_INFO.qos, depth))
+        self._label_info_pub = self.create_publisher(LABEL_INFO_TYPE, Topics.LABEL_INFO.name, LABEL_INFO_QOS)
+        self._diagnostics_pub = self.create_publisher(
+            DiagnosticArray, Topics.DIAGNOSTICS.name, qos_profile(Topics.DIAGNOSTICS.qos))
 
         if config.weights is None:
             self.get_logger().warning(
@@ -157,18 +158,19 @@ class SegmentationNode(Node):
 
         if values["input_transport"] == "compressed":
             self._decode = compressed_msg_to_array
-            self.create_subscription(CompressedImage, "image", self._on_image, camera_qos)
+            self.create_subscription(CompressedImage, Topics.COMPRESSED_IMAGE.name, self._on_image, camera_qos)
         else:
             self._decode = image_msg_to_array
-            self.create_subscription(Image, "image", self._on_image, camera_qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, camera_qos)
+            self.create_subscription(Image, Topics.IMAGE.name, self._on_image, camera_qos)
+        self.create_subscription(CameraInfo, Topics.CAMERA_INFO.name, self._on_camera_info, camera_qos)
         self.add_on_set_parameters_callback(self._validate_parameter_change)
         self.add_post_set_parameters_callback(self._apply_parameter_change)
         self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info(config)
         self.get_logger().info(
             f"serving {config.model} ({config.backend}, {config.precision}, {config.device}) at "
-            f"{config.input_height}x{config.input_width} (HxW); subscribed to {self.resolve_topic_name('image')}")
+            f"{config.input_height}x{config.input_width} (HxW); "
+            f"subscribed to {self.resolve_topic_name(Topics.IMAGE.name)}")
 
     def destroy_node(self) -> None:
         self._worker.stop()
@@ -191,7 +193,7 @@ class SegmentationNode(Node):
         self.get_logger().error(f"{_engine_error_message(config, error)}; still serving the previous engine")
         # Put the parameters back to what is serving, so reading them tells the truth.
         serving = self._engine.config
-        reverted = {name: value for name, value in _config_parameters(serving).items()
+        reverted = {name: value for name, value in serving.to_parameters().items()
                     if self.get_parameter(name).value != value}
         self.set_parameters([Parameter(name, value=value) for name, value in reverted.items()])
 
@@ -276,69 +278,15 @@ class SegmentationNode(Node):
                                        for i, name in enumerate(label_set.class_names)])
             msg.header.stamp = self.get_clock().now().to_msg()
         else:
-            msg = String(data=json.dumps(label_info(config, self._engine.engine)))
+            msg = String(data=json.dumps(config.label_info_fields(self._engine.engine.weights_id)))
         self._label_info_pub.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        config = self._engine.config
-        engine = {
-            "model": config.model,
-            "backend": config.backend,
-            "precision": config.precision,
-            "device": config.device,
-            "input_size": f"{config.input_height}x{config.input_width}",  # HxW like everywhere else
-            "scales": ",".join(map(str, config.scales)),
-            "weights": config.weights or "untrained (random)",
-        }
+        engine = self._engine.config.diagnostic_fields()
         status = diagnostic_status(diagnostic_name(self.get_fully_qualified_name()), self._stats.report(), engine,
                                    self._engine.state, self._engine.last_error)
         header = Header(stamp=self.get_clock().now().to_msg())
         self._diagnostics_pub.publish(DiagnosticArray(header=header, status=[status]))
-
-
-def diagnostic_name(node_path: str) -> str:
-    """The name of a node's status on /diagnostics; the node's full path tells several cameras apart."""
-    return f"{node_path}: segmentation"
-
-
-def label_info(config: SegmenterConfig, segmenter: Segmenter) -> dict[str, Any]:
-    """The JSON label_info document (see the module docstring)."""
-    label_set = segmenter.label_set
-    return {
-        "format": LABEL_INFO_FORMAT,
-        "label_set": label_set.name,
-        "num_classes": segmenter.num_classes,
-        "ignore_index": label_set.ignore_index,
-        "classes": [{"id": i, "name": name, "color": list(color)}
-                    for i, (name, color) in enumerate(zip(label_set.class_names, label_set.colors))],
-        "model": config.model,
-        "scales": list(config.scales),
-        "weights": config.weights or "",
-        # sha256 of the weights file, or of the random initial weights when there is none.
-        "weights_sha256": segmenter.weights_id,
-        "input_size": [config.input_height, config.input_width],
-        "output_resolution": config.output_resolution,
-        "backend": config.backend,
-        "precision": config.precision,
-        "device": config.device,
-    }
-
-
-def _config_parameters(config: SegmenterConfig) -> dict[str, Any]:
-    """The engine parameter values that describe ``config`` (one per name in ENGINE_PARAMETERS)."""
-    return {
-        "model": config.model,
-        "weights": config.weights or "",
-        "label_set": config.label_set,
-        "input_width": config.input_width,
-        "input_height": config.input_height,
-        "scales": list(config.scales),
-        "backend": config.backend,
-        "precision": config.precision,
-        "device": config.device,
-        "output_resolution": config.output_resolution,
-        "engine_cache_dir": config.cache_dir or "",
-    }
 
 
 def _engine_error_message(config: SegmenterConfig, error: Exception) -> str:

@@ -1,4 +1,4 @@
-"""Torch data sets for training and validation, and the sampler that makes runs resumable.
+"""Torch data sets for training and validation, their loaders, and the sampler that makes runs resumable.
 
 The data sets wrap the readers of :mod:`rtseg_ros.datasets` (Cityscapes, CamVid, a folder of images
 and masks) or generate :mod:`rtseg_ros.datasets.synthetic` scenes on the fly from seeds. Training
@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rtseg_ros.datasets import (
     DatasetError,
@@ -23,8 +23,9 @@ from rtseg_ros.datasets import (
     get_dataset_reader,
     load_sample,
 )
-from rtseg_ros.datasets.labels import IGNORE_INDEX
 from rtseg_ros.datasets.synthetic import make_scene, to_camvid
+from rtseg_ros.names import IGNORE_INDEX, LABEL_SET_NAMES
+from rtseg_ros.training.distributed import DistributedContext
 from rtseg_ros.training.losses import LabelRangeError
 from rtseg_ros.training.transforms import Compose, to_tensors
 
@@ -36,6 +37,8 @@ __all__ = [
     "SyntheticScenes",
     "build_datasets",
     "scan_labels",
+    "train_loader",
+    "val_loader",
 ]
 
 PairTransform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -123,8 +126,9 @@ class SyntheticScenes(_SegmentationDataset):
         super().__init__(transform, resize, seed)
         if count < 1:
             raise DatasetError(f"a synthetic data set needs at least one scene, got count={count}")
-        if label_set not in ("cityscapes", "camvid"):
-            raise ValueError(f"synthetic scenes come in 'cityscapes' or 'camvid' train ids, not {label_set!r}")
+        if label_set not in LABEL_SET_NAMES:
+            raise ValueError(f"synthetic scenes come in the train ids of {' or '.join(LABEL_SET_NAMES)}, "
+                             f"not {label_set!r}")
         self.count, self.height, self.width = count, height, width
         self.first_seed = first_seed
         self.label_set = label_set
@@ -232,3 +236,35 @@ def build_datasets(data: Mapping[str, object], label_set: str, train_transform: 
     LOG.info("%s: %d training and %d validation frames from %s", name, len(splits["train"]), len(splits["val"]), root)
     return (ReaderDataset(splits["train"], train_transform, seed=seed),
             ReaderDataset(splits["val"], None, val_size, seed))
+
+
+def _init_loader_worker(worker_id: int) -> None:
+    # OpenCV's own thread pool inside every loader worker oversubscribes the CPU.
+    cv2.setNumThreads(0)
+
+
+def train_loader(dataset: _SegmentationDataset, *, epoch: int, start_batch: int, batch_size: int, seed: int,
+                 context: DistributedContext, workers: int, pin_memory: bool) -> DataLoader:
+    """This rank's batches of ``epoch``, from batch ``start_batch`` on (a resumed run starts mid-epoch).
+
+    Args:
+        dataset: the training set; its augmentation is switched to ``epoch``.
+        batch_size: per process.
+        seed: the recipe's ``train.seed`` (the epoch order and the loader's own seed derive from it).
+    """
+    dataset.set_epoch(epoch)
+    sampler = EpochSampler(len(dataset), seed=seed, rank=context.rank, world_size=context.world_size, epoch=epoch,
+                           start=start_batch * batch_size)
+    # A private generator: creating the loader must not consume the global RNG, or a run resumed
+    # mid-epoch would draw different dropout masks from the uninterrupted one.
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                      pin_memory=pin_memory, worker_init_fn=_init_loader_worker, generator=generator,
+                      persistent_workers=False)
+
+
+def val_loader(dataset: _SegmentationDataset, *, batch_size: int, context: DistributedContext,
+               workers: int) -> DataLoader:
+    """This rank's share of the validation set: frames ``rank, rank + world_size, ...``, in order."""
+    indices = list(range(context.rank, len(dataset), context.world_size))
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers)

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from rtseg_ros.names import ALL_SCALES, MODEL_NAMES
+
 __all__ = ["DEFAULTS", "RECIPE_DIR", "RecipeError", "apply_overrides", "builtin_recipes", "load_recipe",
            "validate_recipe"]
 
@@ -29,8 +31,8 @@ class RecipeError(ValueError):
 DEFAULTS: dict[str, Any] = {
     "name": "custom",
     "model": {
-        "name": "mfaranet",          # mfaranet | atonet
-        "scales": [1, 2, 3, 4],      # MFARANet scale heads fused by the attention (ATONet: keep the default)
+        "name": "mfaranet",          # one of names.MODEL_NAMES: mfaranet | atonet
+        "scales": list(ALL_SCALES),  # MFARANet scale heads fused by the attention (ATONet: keep the default)
         "label_set": "cityscapes",   # cityscapes | camvid: class names and colours saved with the weights
         "num_classes": None,         # None: the label set's count
     },
@@ -190,8 +192,8 @@ def validate_recipe(recipe: dict[str, Any]) -> None:
         RecipeError: with the key and the reason.
     """
     model, data, augment, optim, train = (recipe[k] for k in ("model", "data", "augment", "optim", "train"))
-    if model["name"] not in ("mfaranet", "atonet"):
-        raise RecipeError(f"model.name must be mfaranet or atonet, got {model['name']!r}")
+    if model["name"] not in MODEL_NAMES:
+        raise RecipeError(f"model.name must be {' or '.join(MODEL_NAMES)}, got {model['name']!r}")
     if data["dataset"] not in ("cityscapes", "camvid", "folder", "synthetic"):
         raise RecipeError(f"data.dataset must be cityscapes, camvid, folder or synthetic, got {data['dataset']!r}")
     _pair(augment["scale"], "augment.scale")

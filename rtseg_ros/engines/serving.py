@@ -1,7 +1,8 @@
-"""Threads behind the node: a latest-frame inference worker and a background engine swapper.
+"""Serving policies of a live segmenter: a latest-frame inference worker and a background engine swapper.
 
-Neither imports rclpy: the node hands them plain callables, so the policies (never queue behind
-old frames; keep serving with the old engine while a new one builds) are testable on their own.
+The segmentation node runs on them, but they know neither ROS nor the engines: the caller hands
+them plain callables, so the policies (never queue behind old frames; keep serving with the old
+engine while a new one builds) hold for any caller and are tested on their own.
 """
 from __future__ import annotations
 
