@@ -21,7 +21,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["py.typed", "training/recipes/*.yaml", "engines/*.json"]},
+    package_data={PACKAGE: ["py.typed", "training/recipes/*.yaml", "engines/*.json", "datasets/label_sets/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -44,6 +44,8 @@ setup(
     extras_require={
         "ros": ROS,
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # Tested with OpenVINO 2026.4.1 and NNCF 3.4.0 (neither depends on torch).
+        "openvino": ["openvino>=2026.0", "nncf>=3.0"],
         # Desktop x86_64 Linux only: torch-tensorrt 2.13 pairs with torch 2.13, TensorRT 11 and CUDA 13.
         # Its aarch64 wheel is the server-ARM (SBSA) build, which cannot run on a Jetson: JetPack 6
         # (TensorRT 10.3, CUDA 12.6) takes NVIDIA's torch and torch_tensorrt 2.8 wheels (docs/jetson.md),

@@ -56,7 +56,11 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 OUTPUT_RESOLUTIONS: tuple[str, ...] = ("input", "network")
 
 # --------------------------------------------------------------------------------- label sets
+# Built-in label sets (files shipped in rtseg_ros/datasets/label_sets/); anywhere one is named, the path of
+# a label set YAML file works too. The label_set parameter's default, empty, takes the set a checkpoint of
+# `rtseg train` records, else DEFAULT_LABEL_SET.
 LABEL_SET_NAMES: tuple[str, ...] = ("cityscapes", "camvid")
+DEFAULT_LABEL_SET = "cityscapes"
 IGNORE_INDEX = 255
 
 # --------------------------------------------------------------------------------- node outputs
@@ -64,7 +68,8 @@ CONFIDENCE_ENCODINGS: tuple[str, ...] = ("32FC1", "mono8")
 INPUT_TRANSPORTS: tuple[str, ...] = ("raw", "compressed")
 RELIABILITIES: tuple[str, ...] = ("best_effort", "reliable")
 
-# The JSON label_info document (std_msgs/String where vision_msgs is missing) names its layout.
+# The JSON document on the label_info_meta topic (class colours and the engine, beside the
+# vision_msgs/LabelInfo on label_info) names its layout.
 LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
 
 PACKAGE = "rtseg_ros"
@@ -122,7 +127,13 @@ class Topics:
     OVERLAY = TopicSpec("segmentation/overlay", "sensor_msgs/msg/Image", _OUTPUT_QOS)
     OUTPUT_CAMERA_INFO = TopicSpec("segmentation/camera_info", "sensor_msgs/msg/CameraInfo", _OUTPUT_QOS)
     LABEL_INFO = TopicSpec("segmentation/label_info", "vision_msgs/msg/LabelInfo", _LATCHED_QOS)
+    # What LabelInfo has no field for (class colours, model, weights, input size, backend): the JSON
+    # document of LABEL_INFO_FORMAT, latched and re-published with label_info.
+    LABEL_INFO_META = TopicSpec("segmentation/label_info_meta", "std_msgs/msg/String", _LATCHED_QOS)
     DIAGNOSTICS = TopicSpec("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", QosSpec(depth=10))
+    # Per frame, only while subscribed: a JSON object of the frame's stamp and where its time went in the
+    # node (receipt, Segmenter, publishing), on the node's clock. `rtseg bench node` reads it.
+    TIMINGS = TopicSpec("segmentation/timings", "std_msgs/msg/String", QosSpec(depth=10))
 
 
 # --------------------------------------------------------------------------------- node parameters
@@ -177,8 +188,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "(ours or the authors' files). Empty: untrained random weights, for testing only.",
         config_field="weights"),
     "label_set": ParameterSpec(
-        "cityscapes", "Classes the weights predict; sets the class names and overlay colours.",
-        choices=LABEL_SET_NAMES, config_field="label_set"),
+        "", f"Classes the weights predict (class names, overlay colours): {', '.join(LABEL_SET_NAMES)} or the path "
+        f"of a label set YAML file. Empty: the set the checkpoint records (rtseg train writes it), else "
+        f"{DEFAULT_LABEL_SET}.", config_field="label_set"),
     "input_width": ParameterSpec(
         1024, f"Network input width in pixels, a multiple of {SIZE_MULTIPLE}; frames are resized to it.",
         integer_range=(SIZE_MULTIPLE, 8192), integer_step=SIZE_MULTIPLE, config_field="input_width"),
@@ -228,6 +240,17 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "qos_depth": ParameterSpec(
         1, "History depth of the camera subscription and the output topics.", integer_range=(1, 100),
         read_only=True),
+    "camera_width": ParameterSpec(
+        0, "Width of the camera's frames, if known: the engines for that size (labels, and labels with "
+        "confidence) are built at start-up instead of in the background after the first frame (which is served "
+        "from a ready engine, resized, meanwhile). 0: not known; a camera_info message also tells it.",
+        integer_range=(0, 16384), read_only=True),
+    "camera_height": ParameterSpec(
+        0, "Height of the camera's frames, if known (see camera_width). 0: not known.",
+        integer_range=(0, 16384), read_only=True),
+    "image_timeout": ParameterSpec(
+        2.0, "Seconds without a camera frame, after the first one, before /diagnostics turns WARN "
+        "(the camera stopped).", float_range=(0.1, 3600.0)),
 }
 
 ENGINE_PARAMETERS: frozenset[str] = frozenset(name for name, spec in PARAMETERS.items() if spec.rebuilds_engine)

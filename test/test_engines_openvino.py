@@ -236,6 +236,7 @@ def test_a_corrupt_entry_is_rebuilt(small_cache, tmp_path, caplog, damage):
 
 
 @openvino_only
+@pytest.mark.slow
 def test_int8_is_calibrated_once_and_reused(reference_dir, tmp_path, caplog):
     pytest.importorskip("nncf")
     from rtseg_ros.engines.calibration import write_synthetic_calibration_frames
@@ -269,6 +270,7 @@ def test_int8_is_calibrated_once_and_reused(reference_dir, tmp_path, caplog):
 
 
 @openvino_only
+@pytest.mark.slow
 def test_bench_compares_fp32_and_int8_in_one_run(reference_dir, tmp_path):
     pytest.importorskip("nncf")
     from rtseg_ros.cli.bench import bench

@@ -1,8 +1,11 @@
-"""tensorrt backend (Torch-TensorRT). Runs only on a CUDA machine with torch_tensorrt; skips elsewhere.
+"""tensorrt backend (Torch-TensorRT).
 
-What is checked there: fp16 engines agree with eager fp32 on > 99.5% of the pixels of the reference
-input, a second construction loads the serialised engine instead of compiling, and int8 calibration
-from a folder of images writes a reusable calibration cache.
+On a CUDA machine with torch_tensorrt: fp16 engines agree with eager fp32 on > 99.5% of the pixels
+of the reference input, a second construction loads the serialised ``.pt2`` engine instead of
+compiling, and int8 calibration from a folder of images writes a reusable calibration cache.
+Everywhere: the pieces around the build that need no TensorRT (labels cast, build outside
+inference mode, artifact naming, cache keys, timing cache path). The graph audit is in
+test_engines_trt_audit.py.
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ import torch
 
 from rtseg_ros.datasets.synthetic import make_scene
 from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig
+from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
+from rtseg_ros.engines.cache import ArtifactCache, graph_source_sha256
+from rtseg_ros.engines.tensorrt_engine import ENGINE_LABEL_DTYPE, network_dtype, tensorrt_head, timing_cache_path
+from rtseg_ros.nets import build_model
 
 SIZE = (256, 512)
 
@@ -57,7 +64,7 @@ def test_tensorrt_fp16_agrees_with_torch_fp32_and_reloads_from_cache(reference_d
     labels, _ = fp16.engine.run(image.half(), SIZE, with_confidence=False)
     assert (labels == expected).float().mean().item() > 0.995
 
-    engines = sorted((tmp_path / "tensorrt").glob("*/engine.ep"))
+    engines = sorted((tmp_path / "tensorrt").glob("*/engine.pt2"))
     assert len(engines) == 1
     stamp = engines[0].stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rtseg_ros.engines.cache"):
@@ -85,3 +92,106 @@ def test_tensorrt_int8_calibrates_from_images_and_keeps_the_calibration(referenc
     result = segmenter.segment(make_scene(20, *SIZE)[0])
     assert result.labels.shape == SIZE and result.labels.dtype == np.uint8
     assert list((tmp_path / "cache" / "calibration").glob("*/quantizers.pt"))
+
+
+# ------------------------------------------------------------------------------ CPU checks
+def test_engine_labels_are_int32_inside_and_uint8_outside():
+    model = build_model("mfaranet", 19, (2,)).eval()
+    image = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        inside = tensorrt_head(model, (64, 128), True)(image)
+        outside = SegmentationHead(model, (64, 128), True)(image)
+    assert inside[0].dtype == ENGINE_LABEL_DTYPE and outside[0].dtype == torch.uint8
+    assert torch.equal(inside[0].to(torch.uint8), outside[0])
+    assert torch.equal(inside[1], outside[1]) and outside[1].dtype == torch.float32
+
+
+def test_confidence_is_the_max_softmax_probability():
+    from rtseg_ros.engines.preprocessing import labels_and_confidence
+
+    logits = torch.randn(1, 19, 8, 12)
+    labels, confidence = labels_and_confidence(logits, True)
+    probabilities = logits[0].softmax(dim=0)
+    assert torch.equal(labels, probabilities.argmax(dim=0).to(torch.uint8))
+    assert (confidence - probabilities.amax(dim=0)).abs().max().item() < 1e-6
+
+
+def test_int8_quantizes_the_fp16_network():
+    assert network_dtype("fp32") == torch.float32
+    assert network_dtype("fp16") == torch.float16 and network_dtype("int8") == torch.float16
+
+
+class _RecordingEngine(InferenceEngine):
+    name = "recording"
+
+    def _build_head(self, output_size, with_confidence):
+        self.built_in_inference_mode = torch.is_inference_mode_enabled()
+        return SegmentationHead(self.spec.model, output_size, with_confidence)
+
+
+def test_heads_are_built_outside_inference_mode_even_when_run_inside_it():
+    model = build_model("mfaranet", 19, (4,)).eval()
+    engine = _RecordingEngine(EngineSpec(SegmenterConfig(input_height=64, input_width=64), model, "x", 19))
+    with torch.inference_mode():  # as Segmenter.segment calls engine.run
+        labels, _ = engine.run(torch.zeros(1, 3, 64, 64), (64, 64), False)
+    assert engine.built_in_inference_mode is False
+    assert labels.dtype == torch.uint8
+
+
+def test_cache_artifacts_are_written_under_their_own_suffix(tmp_path):
+    seen = []
+
+    def write(path):
+        seen.append(path.name)
+        path.write_bytes(b"engine")
+
+    entry = ArtifactCache(tmp_path, "tensorrt").entry("slot", "engine.pt2", {"k": 1})
+    entry.store(write)
+    assert seen[0].endswith(".pt2"), "torch.export.save warns on (and will refuse) other names"
+    assert entry.lookup() == tmp_path / "tensorrt" / "slot" / "engine.pt2"
+
+
+def test_cache_key_covers_the_network_code():
+    spec = EngineSpec(SegmenterConfig(), build_model("mfaranet", 19, (4,)), "weights", 19)
+    key = spec.cache_key((512, 1024), False, gpu={"compute_capability": "8.7"})
+    assert key["graph_source_sha256"] == graph_source_sha256() and len(key["graph_source_sha256"]) == 64
+    assert graph_source_sha256(("engines/tensorrt_engine.py",)) != key["graph_source_sha256"]
+    assert key["gpu"] == {"compute_capability": "8.7"}
+
+
+def test_timing_cache_is_per_gpu_and_library_build(tmp_path):
+    orin_nx = {"name": "Orin", "compute_capability": "8.7", "sm_count": 8}
+    orin_agx = {"name": "Orin", "compute_capability": "8.7", "sm_count": 16}
+    jetpack = {"cuda": "12.6", "tensorrt": "10.3.0"}
+    desktop = {"cuda": "13.0", "tensorrt": "10.3.0"}
+    paths = {timing_cache_path(tmp_path, gpu, versions)
+             for gpu in (orin_nx, orin_agx) for versions in (jetpack, desktop)}
+    assert len(paths) == 4
+    assert all(path.parent == tmp_path / "tensorrt" / "timing_cache" for path in paths)
+
+
+def test_dla_core_is_not_offered():
+    # Removed: see docs/jetson.md (TensorRT 11.0-11.3 has no DLA; the networks' align_corners resizes
+    # and grid_sample cannot run on a DLA, so every layer would fall back to the GPU anyway).
+    with pytest.raises(TypeError, match="dla_core"):
+        SegmenterConfig(dla_core=0)
+
+
+def test_info_runtime_names_every_library_and_what_is_missing():
+    import json
+
+    from click.testing import CliRunner
+
+    from rtseg_ros.cli.info import NOT_INSTALLED, info
+
+    result = CliRunner().invoke(info, ["--runtime", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for name in ("torch", "cuda", "cudnn", "gpu", "tensorrt", "torch_tensorrt", "modelopt", "onnxruntime",
+                 "openvino"):
+        assert report[name], name
+    assert report["torch"] == torch.__version__
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        assert report["torch_tensorrt"] == NOT_INSTALLED
+    if not torch.cuda.is_available():
+        assert report["gpu"].startswith("none")

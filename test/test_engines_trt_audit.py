@@ -65,12 +65,15 @@ def test_tensorrt_module_exports_fully_convertible(network, confidence, size, ta
     with torch.no_grad():
         expected = head(image)
         got = lowered(image)
+    labels, expected_labels = (got[0], expected[0]) if confidence else (got, expected)
+    assert labels.dtype == ENGINE_LABEL_DTYPE
+    # The decomposed graph rounds differently from eager; with random weights a few of 2M pixels
+    # are near-ties whose argmax flips (the same agreement bar as the parity tests).
+    disagreement = (labels != expected_labels).double().mean().item()
+    assert disagreement < 1e-4, f"labels differ on {disagreement:.2e} of the pixels"
     if confidence:
-        assert got[0].dtype == ENGINE_LABEL_DTYPE and got[1].dtype == torch.float32
-        assert torch.equal(got[0], expected[0])
+        assert got[1].dtype == torch.float32
         assert (got[1] - expected[1]).abs().max().item() < 1e-5
-    else:
-        assert got.dtype == ENGINE_LABEL_DTYPE and torch.equal(got, expected)
 
 
 def test_fp16_network_exports_fully_convertible(table):

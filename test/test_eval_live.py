@@ -77,3 +77,68 @@ def test_live_against_a_running_node_reports_drops_when_played_too_fast(tmp_path
     assert report["skipped"]["dropped by the node"] == live["dropped"]
     assert report["latency_ms"]["count"] == live["received"]
     assert json.loads((tmp_path / "fast.json").read_text())["live"]["dropped"] == live["dropped"]
+
+
+def folder_bag(tmp_path: Path) -> tuple[Path, Path]:
+    """A Cityscapes-layout folder, and a bag of its frames that records their file names and camera
+    info but no labels: a live score must take the folder's ground truth to score anything."""
+    from rtseg_ros.evaluation.sources import DatasetSource
+    from rtseg_ros.io.bags import BagWriter
+    from rtseg_ros.skips import SkipTally
+
+    from dataset_trees import write_cityscapes_tree
+
+    root = tmp_path / "cs"
+    write_cityscapes_tree(root, "val", count=4, height=HEIGHT, width=WIDTH)
+    with BagWriter(tmp_path / "bag") as writer:
+        for index, frame in enumerate(DatasetSource("cityscapes", root, "val").frames(SkipTally())):
+            writer.write_frame(1_700_000_000 * 10**9 + index * 500_000_000, frame.image, None, frame.name,
+                               intrinsics=(100.0 + index, 101.0, 63.5, 31.5))
+    return tmp_path / "bag", root
+
+
+def test_live_with_folder_ground_truth_scores_like_offline(tmp_path: Path, weights: str) -> None:
+    import os
+
+    bag, root = folder_bag(tmp_path)
+    common = [str(bag), "--dataset", "cityscapes", "--root", str(root), "--model", "atonet", "--weights", weights,
+              "--input-size", f"{HEIGHT}x{WIDTH}", "--no-progress", "--overlays", "0"]
+    # The node runs with the thread count the environment gives it; the offline run uses the same,
+    # so both add the network's floats up in the same order.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    offline = CliRunner().invoke(evaluate, [*common, "--json", str(tmp_path / "offline.json")],
+                                 catch_exceptions=False)
+    assert offline.exit_code == 0, offline.output
+    # Lockstep (one frame in flight) paces the bag to the node: no frame is displaced by the next.
+    live = CliRunner().invoke(evaluate, [*common, "--live", "--max-in-flight", "1", "--timeout", "120",
+                                         "--json", str(tmp_path / "live.json")], catch_exceptions=False)
+    assert live.exit_code == 0, live.output + live.stderr
+    offline_report, live_report = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("offline", "live"))
+    assert live_report["live"]["dropped"] == 0 and live_report["live"]["received"] == 4
+    assert live_report["frames"] == offline_report["frames"] == 4
+    assert live_report["confusion_matrix"] == offline_report["confusion_matrix"]
+    assert live_report["miou"] == offline_report["miou"]
+    assert "cityscapes val ground truth" in live_report["source"]["description"]
+    # The bag's camera info went out with every frame and the node republished it with its labels.
+    assert live_report["live"]["camera_info_published"] == 4
+    assert live_report["live"]["camera_info_returned"] == 4
+    assert live_report["live"]["max_in_flight"] == 1
+
+
+def test_recorded_camera_info_becomes_a_ros_message(tmp_path: Path) -> None:
+    from std_msgs.msg import Header
+
+    from rtseg_ros.io.bags import CAMERA_INFO_TOPIC, BagFrameReader, BagWriter
+    from rtseg_ros.ros.live_evaluation import camera_info_message
+
+    rgb, labels = make_scene(0, HEIGHT, WIDTH)
+    with BagWriter(tmp_path / "bag") as writer:
+        writer.write_frame(5, rgb, labels, "a.png", intrinsics=(90.0, 91.0, 60.0, 30.0))
+    (frame,) = BagFrameReader(tmp_path / "bag", camera_info_topic=CAMERA_INFO_TOPIC)
+    header = Header(frame_id="camera")
+    msg = camera_info_message(frame.camera_info, header)
+    assert (msg.width, msg.height, msg.distortion_model, msg.header.frame_id) == (WIDTH, HEIGHT, "plumb_bob", "camera")
+    assert list(msg.k) == [90.0, 0.0, 60.0, 0.0, 91.0, 30.0, 0.0, 0.0, 1.0] and list(msg.d) == [0.0] * 5
+    assert list(msg.p)[:3] == [90.0, 0.0, 60.0] and not msg.roi.do_rectify
+    (without,) = BagFrameReader(tmp_path / "bag")
+    assert without.camera_info is None  # read only when asked for

@@ -206,6 +206,7 @@ def test_sqlite3_damage_is_reported_without_an_offset(tmp_path: Path) -> None:
         pytest.fail("no single damaged page broke the message stream mid-way")
     damage = reader.damage
     assert (damage.storage, damage.offset, damage.frames_recovered) == ("sqlite3", None, len(frames))
+    assert damage.file == database.name
     assert damage.frames_lost == 10 - len(frames) and "malformed" in damage.reason
 
 
@@ -232,3 +233,23 @@ def test_an_evaluation_of_a_cut_bag_scores_the_recovered_frames_and_reports_the_
     assert f"bag damaged** in {path.name} at byte {damage['offset']}" in summary
     assert f"{recovered} frames before the damage recovered, frames lost: {FRAMES - recovered}" in summary
     assert markdown_summary(report) == summary
+
+
+def test_rtseg_eval_says_what_a_cut_bag_gave_up(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from rtseg_ros.cli.evaluate import evaluate
+
+    bag = write_bag(tmp_path / "bag")
+    path = mcap_file(bag)
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * 0.6)])
+    result = CliRunner().invoke(evaluate, [str(bag), "--model", "atonet", "--input-size", f"{HEIGHT}x{WIDTH}",
+                                           "--json", str(tmp_path / "r.json"), "--no-progress", "--overlays", "0"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    damage = json.loads((tmp_path / "r.json").read_text())["source"]["damage"]
+    assert (f"bag damaged in {path.name} at byte {damage['offset']}" in result.output
+            and f"scored the {damage['frames_recovered']} frames before the damage; frames lost: "
+                f"{damage['frames_lost']}" in result.output)

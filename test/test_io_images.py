@@ -106,6 +106,21 @@ def test_mono16_keeps_the_high_byte(bigendian: bool) -> None:
     np.testing.assert_array_equal(image[..., 0], (values >> 8).astype(np.uint8))
 
 
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_mono16_of_a_narrower_camera_fills_the_8_bit_range(bits: int) -> None:
+    # A 12-bit camera's frame in mono16: 0..4095, once near black (top byte at most 15).
+    values = np.linspace(0, (1 << bits) - 1, 240).astype(np.uint16).reshape(12, 20)
+    image, _ = image_msg_to_array(_msg(values, "mono16", pad=2))
+    np.testing.assert_array_equal(image[..., 0], (values >> (bits - 8)).astype(np.uint8))
+    assert image.max() == 255 and image.min() == 0
+
+
+def test_mono16_below_256_stays_as_it_is() -> None:
+    values = np.arange(240, dtype=np.uint16).reshape(12, 20)
+    image, _ = image_msg_to_array(_msg(values, "mono16"))
+    np.testing.assert_array_equal(image[..., 0], values.astype(np.uint8))
+
+
 @pytest.mark.parametrize(
     "encoding,layout", [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")])
 def test_yuv422_layouts_decode_to_the_source_colours(encoding: str, layout: str) -> None:
@@ -223,7 +238,8 @@ def test_array_to_image_fields_round_trip(array_: np.ndarray, encoding: str) -> 
     np.testing.assert_array_equal(restored, array_)
     if encoding in SUPPORTED_ENCODINGS:
         decoded, _ = image_msg_to_array(SimpleNamespace(**fields))
-        grey = (array_ >> 8).astype(np.uint8) if array_.dtype == np.uint16 else array_
+        # mono16 comes down to 8 bits by the bits its peak uses (11000: 14 bits, so >> 6).
+        grey = (array_ >> 6).astype(np.uint8) if array_.dtype == np.uint16 else array_
         expected = array_ if array_.ndim == 3 else np.repeat(grey[..., None], 3, 2)
         np.testing.assert_array_equal(decoded, expected)
 

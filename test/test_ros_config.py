@@ -1,6 +1,7 @@
 """Every parameter file in config/ starts the real node; bad weights stop it with a clear error."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ros_helpers import (
     write_random_checkpoint,
 )
 from rtseg_ros.engines import SegmenterConfig
-from rtseg_ros.names import PARAMETERS
+from rtseg_ros.names import DEFAULT_LABEL_SET, PARAMETERS
 
 pytestmark = pytest.mark.ros
 
@@ -82,11 +83,12 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_node_starts_with_config(path: Path, started: tuple[Client, dict[str, NodeProcess]]) -> None:
     client, nodes = started
-    topic = f"/{path.stem}/segmentation/label_info"
+    topic = f"/{path.stem}/segmentation/label_info_meta"
     client.wait_for(lambda: bool(client.messages(topic)), STARTUP_TIMEOUT_S, f"{path.name} to start", nodes[path.stem])
     info = label_info_json(client.messages(topic)[-1])
     values = {**DEFAULTS, **_parameters(path)}
-    assert info["model"] == values["model"] and info["label_set"] == values["label_set"]
+    # An empty label_set (the default) serves the checkpoint's set; without weights, the default set.
+    assert info["model"] == values["model"] and info["label_set"] == (values["label_set"] or DEFAULT_LABEL_SET)
     assert info["input_size"] == [CPU_OVERRIDES["input_height"], CPU_OVERRIDES["input_width"]]
 
 
@@ -114,4 +116,28 @@ def test_mismatched_weights_stop_the_node_with_a_clear_error(tmp_path: Path) -> 
     code, log = _exit(node_command(config, namespace="/mismatched"), tmp_path / "node.log")
     assert code == 2
     assert f"cannot load weights '{camvid}'" in log and "Point 'weights' at a checkpoint" in log
+    assert "Traceback" not in log
+
+
+def test_a_wrong_typed_parameter_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    # rclpy itself refuses an integer for a boolean parameter; the node says which and what it takes.
+    code, log = _exit(node_command(None, node_settings={"publish_overlay": 1}, namespace="/typed"),
+                      tmp_path / "node.log")
+    assert code == 2
+    assert "publish_overlay" in log and "takes true or false" in log
+    assert "Traceback" not in log
+
+
+def test_without_vision_msgs_the_node_stops_with_a_clear_error(tmp_path: Path) -> None:
+    # A vision_msgs that cannot be imported, first on the path, stands for one that is not installed.
+    hidden = tmp_path / "hide" / "vision_msgs"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('No module named vision_msgs (hidden by the test)')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])}
+    node = NodeProcess(node_command(None, namespace="/no_vision_msgs"), tmp_path / "node.log", env=env)
+    node.process.wait(EXIT_TIMEOUT_S)
+    node.stop()
+    log = node.log()
+    assert node.process.returncode == 2, log
+    assert "vision_msgs is not installed" in log and "vision_msgs/msg/LabelInfo" in log and "rosdep" in log
     assert "Traceback" not in log

@@ -131,15 +131,16 @@ def test_node_command_takes_model_and_scales_from_our_checkpoint(tmp_path: Path)
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("rclpy", reason="the demo needs rclpy (pip install '.[ros]')")
     out = tmp_path / "out"
-    # A HOME without the toy model: the run must warn about untrained weights.
+    # --untrained: the fast pipeline-only run, no toy model training; it must warn about untrained weights.
     env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     rtseg = shutil.which("rtseg")
     assert rtseg, "the rtseg console script is not on PATH (pip install -e .)"
-    command = [rtseg, "demo", "--duration", "3", "--rate", "5",
+    command = [rtseg, "demo", "--untrained", "--duration", "3", "--rate", "5",
                "--input-size", "64x128", "--frame-size", "64x128", "--out", str(out), "--video"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
     assert demo.UNTRAINED_WARNING in run.stdout and "came from UNTRAINED random weights" in run.stdout
+    assert "no toy model yet" not in run.stdout and not (tmp_path / ".cache/rtseg_ros/models").exists()
     lines = [line for line in run.stdout.splitlines() if "segmented" in line and "latency" in line]
     assert len(lines) >= 3, run.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -149,3 +150,76 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     overlay = cv2.imread(str(out / "overlay.png"))
     assert overlay is not None and overlay.shape == (64, 128, 3)
     assert (out / "overlay.mp4").stat().st_size > 0 and (out / "node.log").is_file()
+    picture = cv2.imread(str(out / "side_by_side.png"))
+    assert summary["side_by_side_png"] == str(out / "side_by_side.png") and picture.shape[1] == 3 * 128
+
+
+def test_side_by_side_shows_camera_labels_overlay_and_names_the_classes_seen() -> None:
+    from rtseg_ros.datasets.labels import CITYSCAPES
+    from rtseg_ros.io.overlay import overlay_labels
+
+    camera, labels = make_scene(demo.SYNTHETIC_FIRST_SEED, 64, 128)
+    overlay = overlay_labels(camera, "rgb", labels, CITYSCAPES, 0.5)
+    # The node may publish labels at the network size: the camera and overlay are brought to it.
+    picture = demo.side_by_side(cv2.resize(camera, (256, 128)), labels, overlay, CITYSCAPES)
+    legend_rows = picture.shape[0] - demo._TITLE_H - 64
+    assert picture.shape[1] == 3 * 128 and picture.dtype == np.uint8 and legend_rows > 0
+    top = picture[demo._TITLE_H:demo._TITLE_H + 64]
+    np.testing.assert_array_equal(top[:, 128:256], CITYSCAPES.colorize(labels))
+    np.testing.assert_array_equal(top[:, 256:], overlay)
+    # The legend holds a swatch of each class present, and of no other class.
+    legend = picture[-legend_rows:].reshape(-1, 3)
+    colours = {tuple(int(v) for v in c) for c in np.unique(legend, axis=0)}
+    present = {int(i) for i in np.unique(labels)}
+    assert all(CITYSCAPES.colors[i] in colours for i in present)
+    absent = [c for i, c in enumerate(CITYSCAPES.colors) if i not in present and c not in
+              {CITYSCAPES.colors[j] for j in present}]
+    assert not any(c in colours for c in absent)
+
+
+def test_untrained_and_weights_do_not_go_together() -> None:
+    with pytest.raises(DemoError, match="untrained runs random weights"):
+        demo.run_demo(DemoSettings(untrained=True, weights="w.pth"))
+
+
+def test_the_demo_trains_the_toy_model_once_and_an_interruption_caches_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtseg_ros.datasets.labels import CITYSCAPES, LabelSet
+    from rtseg_ros.nets.checkpoint import LABEL_SET_DEFINITION, read_checkpoint_info
+    from rtseg_ros.training import data as training_data
+
+    monkeypatch.setattr(demo, "TOY_WEIGHTS", tmp_path / "models" / "synthetic_toy.pth")
+    monkeypatch.setattr(demo, "TOY_RUN_DIR", tmp_path / "toy_training")
+    # The demo's recipe, tiny: the real one takes minutes.
+    tiny = ("train.iterations=4", "train.batch_size=2", "data.synthetic.height=64", "data.synthetic.width=128",
+            "data.synthetic.train_count=8", "data.synthetic.val_count=1", "augment.crop=[64, 128]",
+            "data.workers=0", "val.every_iterations=4", "output.progress=false")
+    # Ctrl-C in the third iteration (batches of 2 scenes; the data is read in this process).
+    scene = training_data.SyntheticScenes.__getitem__
+    reads: list[int] = []
+
+    def interrupted(self: object, index: int) -> object:
+        reads.append(index)
+        if len(reads) == 5:
+            raise KeyboardInterrupt
+        return scene(self, index)
+
+    monkeypatch.setattr(training_data.SyntheticScenes, "__getitem__", interrupted)
+    lines: list[str] = []
+    with pytest.raises(DemoError, match="interrupted: no toy model cached; the next `rtseg demo` continues from"):
+        demo.train_toy_model(lines.append, tiny)
+    assert "no toy model yet: training it once (4 iterations" in lines[0]
+    assert not demo.TOY_WEIGHTS.exists() and not demo.TOY_WEIGHTS.parent.exists()  # not even half a file
+    assert (demo.TOY_RUN_DIR / "last.pth").is_file()
+    assert choose_weights(None) == (None, "UNTRAINED random weights")
+
+    # The next run continues where it stopped, and caches the model.
+    monkeypatch.setattr(training_data.SyntheticScenes, "__getitem__", scene)
+    assert demo.train_toy_model(lines.append, tiny) == demo.TOY_WEIGHTS
+    assert lines[-2].startswith("continuing the toy model's training from") and "toy model ready" in lines[-1]
+    assert not demo.TOY_RUN_DIR.exists() and [p.name for p in demo.TOY_WEIGHTS.parent.iterdir()] == [
+        "synthetic_toy.pth"]
+    info = read_checkpoint_info(demo.TOY_WEIGHTS)
+    assert info["model"] == "atonet" and LabelSet.from_dict(info[LABEL_SET_DEFINITION]) == CITYSCAPES
+    weights, note = choose_weights(None)
+    assert weights == str(demo.TOY_WEIGHTS) and "TOY model" in note

@@ -215,32 +215,33 @@ def test_every_topic_has_its_message_type_and_qos(ros: None) -> None:
     from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
     from rtseg_ros.names import QosSpec
-    from rtseg_ros.ros.interfaces import LABEL_INFO_QOS, LABEL_INFO_TYPE, message_type, qos_profile
+    from rtseg_ros.ros.interfaces import LABEL_INFO_QOS, message_type, qos_profile
 
+    pytest.importorskip("vision_msgs.msg", reason="label_info is a vision_msgs/LabelInfo; vision_msgs is missing")
     specs = [value for name, value in vars(Topics).items() if not name.startswith("_")]
     for spec in specs:
         msg_type = message_type(spec)
-        if spec != Topics.LABEL_INFO:
-            assert f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}" == spec.msg_type
+        assert f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}" == spec.msg_type
         profile = qos_profile(spec.qos)
         assert profile.depth == spec.qos.depth
         assert profile.reliability == (ReliabilityPolicy.RELIABLE if spec.qos.reliability == "reliable"
                                        else ReliabilityPolicy.BEST_EFFORT)
-    assert message_type(Topics.LABEL_INFO) is LABEL_INFO_TYPE
+    assert Topics.LABEL_INFO.msg_type == "vision_msgs/msg/LabelInfo"  # always, on every machine
+    assert Topics.LABEL_INFO_META.qos == Topics.LABEL_INFO.qos
     assert LABEL_INFO_QOS.durability == DurabilityPolicy.TRANSIENT_LOCAL  # latched for late joiners
     assert qos_profile(Topics.LABELS.qos, depth=50).depth == 50
     with pytest.raises(ValueError, match="unknown QoS setting 'sometimes'"):
         qos_profile(QosSpec(depth=1, reliability="sometimes"))
 
 
-def _label_info_message(num_classes: int):
+def _label_info_messages(num_classes: int):
+    """What the node latches: label_info (LabelInfo) and its label_info_meta (JSON)."""
     from std_msgs.msg import String
 
-    from rtseg_ros.ros.interfaces import LABEL_INFO_TYPE, VisionClass
+    from rtseg_ros.ros.interfaces import label_info_message
 
-    if LABEL_INFO_TYPE is String:
-        return String(data=json.dumps(SegmenterConfig(input_height=64, input_width=128).label_info_fields("x")))
-    return LABEL_INFO_TYPE(class_map=[VisionClass(class_id=i, class_name=str(i)) for i in range(num_classes)])
+    meta = String(data=json.dumps(SegmenterConfig(input_height=64, input_width=128).label_info_fields("x")))
+    return label_info_message([str(i) for i in range(num_classes)]), meta
 
 
 def test_feeder_and_listener_resolve_in_the_namespace_and_measure(ros: None) -> None:
@@ -248,15 +249,21 @@ def test_feeder_and_listener_resolve_in_the_namespace_and_measure(ros: None) -> 
     from rclpy.node import Node
 
     from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
-    from rtseg_ros.ros.interfaces import LABEL_INFO_QOS, LABEL_INFO_TYPE
+    from rtseg_ros.ros.interfaces import LABEL_INFO_QOS, message_type
 
+    pytest.importorskip("vision_msgs.msg", reason="label_info is a vision_msgs/LabelInfo; vision_msgs is missing")
     with ClientSession() as session:
         context = session.context
         fake_labels = session.add(CameraFeeder(namespace="/robot7", image_topic=Topics.LABELS.name,
                                                frame_id="front", node_name="fake_node", context=context))
         fake_node = session.add(Node("segmentation_node", namespace="/robot7", context=context))
-        label_info = fake_node.create_publisher(LABEL_INFO_TYPE, Topics.LABEL_INFO.name, LABEL_INFO_QOS)
-        label_info.publish(_label_info_message(19))  # before the listener exists: it is latched
+        label_info = fake_node.create_publisher(message_type(Topics.LABEL_INFO), Topics.LABEL_INFO.name,
+                                                LABEL_INFO_QOS)
+        label_info_meta = fake_node.create_publisher(message_type(Topics.LABEL_INFO_META),
+                                                     Topics.LABEL_INFO_META.name, LABEL_INFO_QOS)
+        info, meta = _label_info_messages(19)
+        label_info.publish(info)  # before the listener exists: both are latched
+        label_info_meta.publish(meta)
         seen = []
         listener = session.add(OutputListener(namespace="robot7", outputs=(Topics.LABELS,), keep_messages=True,
                                               on_message=lambda topic, msg, at: seen.append(topic), context=context))
@@ -264,6 +271,7 @@ def test_feeder_and_listener_resolve_in_the_namespace_and_measure(ros: None) -> 
         assert listener.node_path == "/robot7/segmentation_node"
         session.wait_until(lambda: listener.ready and fake_labels.connected, 20, "the listener to connect")
         assert listener.label_info_count == 1 and listener.label_info_text
+        assert listener.label_info_meta_count == 1 and len(listener.label_info.class_map) == 19
 
         headers = []
         for _ in range(3):

@@ -5,7 +5,6 @@ process publishes frames and checks what comes back.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from ros_helpers import (
     CompressedImage,
     Image,
     NodeProcess,
-    String,
     image_msg,
     label_info_json,
     labels_of,
@@ -238,10 +236,14 @@ def test_label_info_reaches_late_joiners(nodes: dict[str, NodeProcess], client: 
     late = Client("rtseg_late_joiner")
     try:
         listener = late.listener(RAW)
-        late.wait_for(lambda: listener.label_info is not None, what="latched label_info")
-        info = label_info_json(listener.label_info)
+        late.wait_for(lambda: listener.label_info is not None and listener.label_info_meta is not None,
+                      what="latched label_info and label_info_meta")
+        class_map = [(c.class_id, c.class_name) for c in listener.label_info.class_map]
+        threshold = listener.label_info.threshold
+        info = label_info_json(late.messages(f"{RAW}/segmentation/label_info_meta")[-1])
     finally:
         late.close()
+    assert class_map == list(enumerate(CITYSCAPES.class_names)) and threshold == 0.0
     assert info["format"] == "rtseg_ros/label_info/1"
     assert info["label_set"] == "cityscapes" and info["num_classes"] == 19
     assert [c["name"] for c in info["classes"]] == list(CITYSCAPES.class_names)
@@ -289,14 +291,13 @@ def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dic
                                                      scene: np.ndarray, weights: Path) -> None:
     from rtseg_ros.engines import Segmenter, SegmenterConfig
 
-    label_info = f"{RAW}/segmentation/label_info"
+    label_info = f"{RAW}/segmentation/label_info_meta"
     infos = len(client.messages(label_info))
 
     def swapped() -> dict:
-        """The JSON label_info the node re-publishes after a swap (empty where it is vision_msgs)."""
+        """The JSON label_info_meta document the node re-publishes after a swap."""
         client.wait_for(lambda: len(client.messages(label_info)) > infos, what="the engine swap", node=nodes[RAW])
-        latest = client.messages(label_info)[-1]
-        return json.loads(latest.data) if isinstance(latest, String) else {}
+        return label_info_json(client.messages(label_info)[-1])
 
     # Invalid values are rejected with a reason and change nothing.
     rejected = client.set_parameters(f"{RAW}/segmentation_node", {"model": "unet"})
@@ -312,8 +313,7 @@ def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dic
     results = client.set_parameters(f"{RAW}/segmentation_node", {"output_resolution": "network", "input_width": 96})
     assert all(r.successful for r in results), [r.reason for r in results]
     info = swapped()
-    if info:
-        assert info["input_size"] == [64, 96] and info["output_resolution"] == "network"
+    assert info["input_size"] == [64, 96] and info["output_resolution"] == "network"
     # The swap replaced the engine only: the node's camera subscription is the one it always had.
     assert client.feeder(RAW).subscribers == 1
     header = make_header()
@@ -328,7 +328,7 @@ def test_runtime_parameter_changes_rebuild_the_engine(client: Client, nodes: dic
     infos = len(client.messages(label_info))
     results = client.set_parameters(f"{RAW}/segmentation_node", {"scales": [2]})
     assert results[0].successful, results[0].reason
-    assert swapped().get("scales", [2]) == [2]
+    assert swapped()["scales"] == [2]
     pruned = segment(client, nodes, image_msg(scene, "rgb8"))
     expected = Segmenter(SegmenterConfig(model="mfaranet", weights=str(weights), input_height=64, input_width=96,
                                          scales=(2,), output_resolution="network")).segment(scene).labels

@@ -124,11 +124,14 @@ def test_camera_info_is_scaled_to_the_label_size() -> None:
     header = Header(frame_id="camera")
     scaled = scale_camera_info(info, width=320, height=120, header=header)
     assert (scaled.width, scaled.height, scaled.header.frame_id) == (320, 120, "camera")
-    assert list(scaled.k) == [250.0, 0, 160, 0, 100, 60, 0, 0, 1]
-    assert list(scaled.p) == [250.0, 0, 160, 5, 0, 100, 60, 0, 0, 0, 1, 0]
-    assert (scaled.roi.x_offset, scaled.roi.width, scaled.roi.y_offset, scaled.roi.height) == (32, 160, 12, 60)
+    # The labels cover the 320x240 ROI (REP 104: intrinsics are the full sensor's): shifted by the ROI's
+    # offset, scaled by 320/320 and 120/240, and the result is a whole image of its own (empty ROI).
+    assert list(scaled.k) == [500.0, 0, 256, 0, 200, 96, 0, 0, 1]
+    assert list(scaled.p) == [500.0, 0, 256, 10, 0, 200, 96, 0, 0, 0, 1, 0]
+    assert (scaled.roi.x_offset, scaled.roi.width, scaled.roi.y_offset, scaled.roi.height) == (0, 0, 0, 0)
     assert scaled.distortion_model == "plumb_bob" and list(scaled.d) == [0.1] * 5
     # The cached input is reused for later frames: it must stay as it was.
     assert (info.width, info.k[0], info.roi.x_offset, info.roi.width) == (640, 500.0, 64, 320)
+    info.roi.x_offset = info.roi.y_offset = info.roi.width = info.roi.height = 0
     same = scale_camera_info(info, 640, 480, header)
-    assert same is not info and list(same.k) == list(info.k) and same.roi.width == 320
+    assert same is not info and list(same.k) == list(info.k) and list(same.p) == list(info.p)

@@ -34,7 +34,7 @@ def _weights(values: tuple[str, ...]) -> dict[str, str]:
               help="Backend(s); those this machine cannot run are listed as skipped.")
 @click.option("--precision", "precisions", multiple=True, default=(PRECISIONS[0],), type=click.Choice(PRECISIONS),
               help="Precision(s).")
-@click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", help="cpu, cuda or cuda:N; gpu, gpu.N or npu: Intel (openvino only).")
 @click.option("--frame-size", default="1024x2048",
               help=f"Camera frame size fed to both pipelines ({SIZE_HELP}), or 'network' for the network size.")
 @click.option("--output-resolution", default=OUTPUT_RESOLUTIONS[0], type=click.Choice(OUTPUT_RESOLUTIONS),

@@ -148,6 +148,8 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
         click.echo("the torch backend runs eagerly: nothing to build or cache")
     counter = _CacheHits()
     cache_log = logging.getLogger("rtseg_ros.engines.cache")
+    level = cache_log.level
+    cache_log.setLevel(min(cache_log.getEffectiveLevel(), logging.INFO))  # the counter needs the INFO lines
     cache_log.addHandler(counter)
     try:
         for with_confidence in (False,) if labels_only else (False, True):
@@ -163,4 +165,5 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
             click.echo(f"  {'labels+confidence' if with_confidence else 'labels'}: {outcome} in {seconds:.1f} s")
     finally:
         cache_log.removeHandler(counter)
+        cache_log.setLevel(level)
     click.echo(f"done in {time.perf_counter() - started:.1f} s; a node with these settings now starts from the cache")

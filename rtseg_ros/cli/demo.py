@@ -1,6 +1,7 @@
 """``rtseg demo``: run the segmentation node on a camera source and print live statistics."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -14,7 +15,10 @@ from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
 @click.option("--source", default="synthetic", show_default=True,
               help="'synthetic' street scenes, a folder of images, a video file or a rosbag2 folder.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint. Default: the toy model of `rtseg train synthetic` if present, else untrained weights.")
+              help="Checkpoint. Default: the toy model (ATONet on the synthetic scenes), trained first if it is not "
+                   "cached yet (a few minutes on a CPU, once).")
+@click.option("--untrained", is_flag=True,
+              help="Run untrained random weights, with no toy model training: the pipeline and its speed only.")
 @click.option("--config", default="cpu.yaml", show_default=True,
               help="Node parameter file: a name in the package's config folder or a path.")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default=None,
@@ -30,17 +34,26 @@ from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rtseg_demo"),
               show_default=True, help="Folder for overlay.png, overlay.mp4, node.log and summary.json.")
 @click.option("--video", is_flag=True, help="Also write every overlay to overlay.mp4.")
-def demo(source: str, weights: str | None, config: str, model: str | None, input_size: tuple[int, int] | None,
-         frame_size: tuple[int, int], rate: float, duration: float, bag_topic: str, out_dir: Path, video: bool) -> None:
+def demo(source: str, weights: str | None, untrained: bool, config: str, model: str | None,
+         input_size: tuple[int, int] | None, frame_size: tuple[int, int], rate: float, duration: float,
+         bag_topic: str, out_dir: Path, video: bool) -> None:
     """Run the segmentation node on a camera source and print live statistics.
+
+    Without --weights it runs the toy model, training it first when it is not cached
+    (~/.cache/rtseg_ros/models/synthetic_toy.pth; Ctrl-C stops the training, the next run continues it).
 
     The node runs in its own process and DDS stays on this host (unless ROS_AUTOMATIC_DISCOVERY_RANGE
     and FASTRTPS_DEFAULT_PROFILES_FILE are set already). Every second: camera and output rates,
     latency from frame stamp to labels, and the frames the node dropped to stay current.
     """
+    if untrained and weights:
+        raise click.UsageError("--untrained runs random weights; leave out --weights")
+    # Ctrl-C stops the toy model's training or the camera cleanly (KeyboardInterrupt), also when the
+    # demo was started with SIGINT ignored (a shell's `&`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = DemoSettings(source=source, weights=weights, config=config, model=model, input_size=input_size,
                             frame_size=frame_size, rate_hz=rate, duration_s=duration, out_dir=out_dir,
-                            video=video, bag_topic=bag_topic)
+                            video=video, bag_topic=bag_topic, untrained=untrained)
     try:
         summary = run_demo(settings, echo=click.echo)
     except DemoError as exc:
@@ -53,6 +66,8 @@ def demo(source: str, weights: str | None, config: str, model: str | None, input
         click.echo("(the labels came from UNTRAINED random weights: they show speed, not segmentation)")
     if summary.overlay_png:
         click.echo(f"overlay: {summary.overlay_png}")
+    if summary.side_by_side_png:
+        click.echo(f"camera | labels | overlay: {summary.side_by_side_png}")
     if summary.overlay_video:
         click.echo(f"video:   {summary.overlay_video}")
     click.echo(f"summary: {out_dir / 'summary.json'}")

@@ -14,6 +14,8 @@ from rtseg_ros.engines.config import SegmenterConfig
 from rtseg_ros.io.bags import STORAGES
 from rtseg_ros.names import BACKENDS, LABEL_SET_NAMES, MODEL_NAMES, OUTPUT_RESOLUTIONS, PRECISIONS, SIZE_MULTIPLE
 
+LABEL_SET_HELP = f"{' or '.join(LABEL_SET_NAMES)}, or the path of a label set YAML file (docs/own-classes.md)"
+
 LOG = logging.getLogger(__name__)
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -52,9 +54,12 @@ def _dataset_options(func: Any) -> Any:
 @click.option("--rate", "rate_hz", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
               help="Frame rate the stamps are spaced at (Hz).")
 @click.option("--limit", type=click.IntRange(min=1), help="Write only the first N frames.")
+@click.option("--label-set", help=f"Classes of the masks, recorded in the bag: {LABEL_SET_HELP}. Default: the "
+              "data set's own (for --dataset folder: none recorded). A file's label_ids map the --dataset folder "
+              "masks unless --label-map is given.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str | None, out: Path, storage: str,
-             rate_hz: float, limit: int | None, progress: bool) -> None:
+             rate_hz: float, limit: int | None, label_set: str | None, progress: bool) -> None:
     """Turn a data set split into a rosbag2 with ground truth.
 
     Topics: /camera/image_raw (rgb8), /camera/camera_info, /ground_truth/labels (mono8 train ids,
@@ -70,8 +75,10 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
     if dataset is None or root is None:
         raise click.UsageError("make-bag needs --dataset and --root")
     try:
+        labels = _label_set_option(label_set)
         summary = make_dataset_bag(dataset, root, split, out, storage=storage, rate_hz=rate_hz, limit=limit,
-                                   label_map=_load_label_map(label_map), progress=progress)
+                                   label_map=_mask_map(label_map, dataset, labels), progress=progress,
+                                   label_set=labels)
     except (DatasetError, BagError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {summary['frames']} frames to {out} ({storage}); skipped {summary['skipped']} unreadable, "
@@ -83,12 +90,18 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
 @_dataset_options
 @click.option("--model", type=click.Choice(MODEL_NAMES), default=SegmenterConfig.model, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint; without it the weights are random.")
-@click.option("--label-set", type=click.Choice(LABEL_SET_NAMES),
-              help="Classes of the ground truth; default: the data set's own, else the one make-bag recorded "
-                   "in the bag, else cityscapes.")
+@click.option("--label-set",
+              help=f"Classes of the ground truth and the weights: {LABEL_SET_HELP}. Default: the data set's own, "
+                   "else the one make-bag recorded in the bag, else the one the checkpoint records, else cityscapes. "
+                   "A checkpoint recording other classes is refused.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=SegmenterConfig.backend, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=SegmenterConfig.precision, show_default=True)
-@click.option("--device", default=SegmenterConfig.device, show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default=SegmenterConfig.device, show_default=True,
+              help="cpu, cuda or cuda:N; gpu, gpu.N or npu for an Intel GPU/NPU (openvino backend).")
+@click.option("--calibration-data", type=click.Path(exists=True), default=None,
+              help="int8: frames to calibrate on (a folder of images, a video or a rosbag2).")
+@click.option("--calibration-frames", type=click.IntRange(min=1), default=SegmenterConfig.calibration_frames,
+              show_default=True, help="int8: how many frames of --calibration-data to calibrate on.")
 @click.option("--scales", default=ALL_SCALES_TEXT, show_default=True,
               help=f"MFARANet scales fused (subset of {ALL_SCALES_TEXT}).")
 @click.option("--input-size", default="512x1024", show_default=True,
@@ -111,11 +124,14 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
 @click.option("--namespace", default="", help="Live: namespace of a running node's topics (e.g. /robot1).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
               help="Live: seconds to wait for the node to come up.")
+@click.option("--max-in-flight", type=click.IntRange(min=1),
+              help="Live: never more than N frames awaiting the node's output (1: lockstep, so a slow node "
+                   "drops none and the scores equal an offline run's); default: the bag's timing alone.")
 def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: str, label_map: str | None,
              model: str, weights: str | None, label_set: str | None, backend: str, precision: str, device: str,
-             scales: str, input_size: str, output_resolution: str, json_path: Path, export_dir: Path | None,
+             calibration_data: str | None, calibration_frames: int, scales: str, input_size: str, output_resolution: str, json_path: Path, export_dir: Path | None,
              overlays: int, max_frames: int | None, progress: bool, live: bool, rate_factor: float,
-             start_node: bool, namespace: str, timeout_s: float) -> None:
+             start_node: bool, namespace: str, timeout_s: float, max_in_flight: int | None) -> None:
     """Accuracy (mIoU, per-class IoU, pixel accuracy) and latency of a model on a bag or a data set.
 
     \b
@@ -124,8 +140,14 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
                                                                        matched by recorded file name
     rtseg eval --dataset cityscapes --root DIR --split val --input-size full ...   no bag
     rtseg eval BAG --live --rate-factor 1 ...                          through a running node over DDS
+                                                                       (--dataset/--root: folder ground truth)
+    torchrun --nproc_per_node=N $(which rtseg) eval ...               N processes share the frames (one GPU
+                                                                       each with --device cuda); same scores
+
+    A truncated or damaged bag is scored on the frames before the damage; the report's
+    source.damage says where the damage is and how many frames were recovered and lost.
     """
-    from rtseg_ros.datasets import DatasetError, get_label_set
+    from rtseg_ros.datasets import DatasetError
     from rtseg_ros.evaluation.sources import (
         BagSource,
         DatasetGroundTruth,
@@ -139,53 +161,135 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
         raise click.UsageError("--dataset and --root go together")
     if live and bag is None:
         raise click.UsageError("--live plays a BAG; make one with rtseg make-bag")
+    if max_in_flight is not None and not live:
+        raise click.UsageError("--max-in-flight paces live playback; add --live")
+    context = _join_processes(device, live)
+    device = _process_device(device, context)
+    main = context.is_main
     try:
-        label_set = label_set or _default_label_set(bag, dataset)
-    except BagError as exc:
+        labels = _evaluation_label_set(label_set, bag, dataset, weights, json_path)
+    except (BagError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    labels = get_label_set(label_set)
-    if weights is None:
+    if weights is None and main:
         click.secho(f"WARNING: no --weights given: {model} runs with RANDOM weights, the scores are meaningless "
                     "except as a pipeline check", fg="red", bold=True, err=True)
     size = _parse_input_size(input_size)
-    mapping = _load_label_map(label_map)
+    mapping = _mask_map(label_map, dataset, labels)
     try:
+        truth = DatasetGroundTruth(dataset, root, split, mapping) if bag is not None and dataset else None
+
         def make_source() -> Any:
             if bag is not None:
-                truth = DatasetGroundTruth(dataset, root, split, mapping) if dataset else None
                 return BagSource(bag, truth)
             return DatasetSource(dataset, root, split, mapping)
 
         source = make_source()
         if size is None:
             size = _frame_size(make_source())
-        config = SegmenterConfig(model=model, weights=weights, label_set=labels.name, input_height=size[0],
+        config = SegmenterConfig(model=model, weights=weights, label_set=labels.source, input_height=size[0],
                                  input_width=size[1], scales=parse_scales(scales), backend=backend,
-                                 precision=precision, device=device, output_resolution=output_resolution)
+                                 precision=precision, device=device, output_resolution=output_resolution,
+                                 calibration_data=calibration_data, calibration_frames=calibration_frames)
         settings = config.to_settings(weights_sha256=_weights_hash(weights))
         if live:
             report = _evaluate_live(bag, labels, settings, json_path, rate_factor, start_node, namespace, timeout_s,
-                                    max_frames, overlays, progress)
+                                    max_frames, overlays, progress, truth, max_in_flight)
         else:
             report = _evaluate_in_process(source, labels, config, settings, json_path, export_dir, overlays,
-                                          max_frames, progress, mode="bag" if bag is not None else "dataset")
+                                          max_frames, progress, mode="bag" if bag is not None else "dataset",
+                                          context=context)
     except (DatasetError, BagError) as exc:
         raise click.ClickException(str(exc)) from exc
-    _print_summary(report, json_path)
+    if main:
+        _print_summary(report, json_path)
 
 
-def _default_label_set(bag: Path | None, dataset: str | None) -> str:
-    """The data set's own label set, else the one recorded in the bag by make-bag, else Cityscapes."""
+def _join_processes(device: str, live: bool) -> Any:
+    """This process's place among those torchrun started (a single one without torchrun's variables)."""
+    import os
+
+    from rtseg_ros.distributed import DistributedContext, close_distributed, init_distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return DistributedContext()
+    if live:
+        raise click.UsageError("--live plays one bag to one node; run it without torchrun")
+    try:
+        context = init_distributed("cuda" if device.startswith("cuda") else "cpu")
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"cannot join the torchrun processes: {exc}") from exc
+    # Left when the command ends, whether it succeeds or fails.
+    click.get_current_context().call_on_close(lambda: close_distributed(context))
+    return context
+
+
+def _process_device(device: str, context: Any) -> str:
+    """A bare ``cuda`` becomes the GPU of this process's local rank when torchrun started several."""
+    return f"cuda:{context.local_rank}" if context.distributed and device == "cuda" else device
+
+
+def _label_set_option(reference: str | None) -> Any:
+    """The LabelSet a --label-set option names (``None`` when not given)."""
+    from rtseg_ros.datasets.labels import LabelSetError, get_label_set
+
+    if not reference:
+        return None
+    try:
+        return get_label_set(reference)
+    except LabelSetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label-set") from None
+
+
+def _mask_map(label_map: str | None, dataset: str | None, labels: Any) -> dict[int, int] | None:
+    """--label-map, else for a folder data set the label set's own label_ids map (if it has one)."""
+    mapping = _load_label_map(label_map)
+    if mapping is None and dataset == "folder" and labels is not None:
+        mapping = labels.label_id_map()
+    return mapping
+
+
+def _evaluation_label_set(reference: str | None, bag: Path | None, dataset: str | None, weights: str | None,
+                          json_path: Path) -> Any:
+    """The classes scored: --label-set, else the data set's own, else the one make-bag recorded in the bag,
+    else the checkpoint's, else cityscapes; a checkpoint recording other classes is refused.
+
+    Its ``source`` is what the segmenter (and a live node) is told: a built-in name, a file path, or
+    empty for the checkpoint's. A set recorded whole in a bag is written next to the report to be told.
+    """
+    from rtseg_ros.datasets.labels import get_label_set
+    from rtseg_ros.engines.config import SegmenterConfig
+
+    truth = _label_set_option(reference) or _recorded_label_set(bag, dataset)
+    if truth is not None and not truth.source:
+        from rtseg_ros.io.files import atomic_output
+
+        path = json_path.with_name(f"{json_path.stem}.label_set.yaml")
+        with atomic_output(path) as tmp:  # atomic: several torchrun processes may write it
+            tmp.write_text(yaml.safe_dump(truth.to_dict(), sort_keys=False))
+        truth = get_label_set(str(path))
+    # Reads the checkpoint's set: the one scored when nothing else says, and checked against truth.
+    served = SegmenterConfig(label_set=truth.source if truth else "", weights=weights).resolved_label_set()
+    return truth or served
+
+
+def _recorded_label_set(bag: Path | None, dataset: str | None) -> Any:
+    """The data set's own label set, else the one make-bag recorded in the bag, else ``None``."""
+    import json
+
     from rtseg_ros.datasets import get_dataset_reader
-    from rtseg_ros.io.bags import CUSTOM_LABEL_SET, bag_custom_data
+    from rtseg_ros.datasets.labels import LabelSet, get_label_set
+    from rtseg_ros.io.bags import CUSTOM_LABEL_SET, CUSTOM_LABEL_SET_DEFINITION, bag_custom_data
 
     if dataset and get_dataset_reader(dataset).LABEL_SET:
-        return get_dataset_reader(dataset).LABEL_SET
+        return get_label_set(get_dataset_reader(dataset).LABEL_SET)
     if bag is not None and bag.exists():
-        recorded = bag_custom_data(bag).get(CUSTOM_LABEL_SET)
-        if recorded:
-            return recorded
-    return "cityscapes"
+        custom = bag_custom_data(bag)
+        definition = custom.get(CUSTOM_LABEL_SET_DEFINITION)
+        if definition:
+            return LabelSet.from_dict(json.loads(definition), default_name=custom.get(CUSTOM_LABEL_SET, "bag"))
+        if custom.get(CUSTOM_LABEL_SET):
+            return get_label_set(custom[CUSTOM_LABEL_SET])
+    return None
 
 
 def _weights_hash(weights: str | None) -> str | None:
@@ -209,8 +313,9 @@ def _frame_size(source: Any) -> tuple[int, int]:
 
 def _evaluate_in_process(source: Any, labels: Any, config: Any, settings: dict[str, Any], json_path: Path,
                          export_dir: Path | None, overlays: int, max_frames: int | None, progress: bool,
-                         mode: str) -> dict[str, Any]:
-    """Score ``config``'s Segmenter in this process; ``settings`` is its report block (:meth:`to_settings`)."""
+                         mode: str, context: Any = None) -> dict[str, Any]:
+    """Score ``config``'s Segmenter in this process (its share of the frames when ``context`` is one of
+    several processes); ``settings`` is its report block (:meth:`to_settings`)."""
     from rtseg_ros.engines import ConfigError, Segmenter
     from rtseg_ros.evaluation.evaluator import SegmenterPredictor, run_evaluation
 
@@ -221,20 +326,22 @@ def _evaluate_in_process(source: Any, labels: Any, config: Any, settings: dict[s
         raise click.ClickException(f"cannot build the segmenter: {exc}") from exc
     header = {"mode": mode, "model": settings}
     return run_evaluation(source, SegmenterPredictor(segmenter), labels, header=header, json_path=json_path,
-                          export_dir=export_dir, overlays=overlays, max_frames=max_frames, progress=progress)
+                          export_dir=export_dir, overlays=overlays, max_frames=max_frames, progress=progress,
+                          distributed=context)
 
 
 def _evaluate_live(bag: Path, labels: Any, settings: dict[str, Any], json_path: Path, rate_factor: float,
                    start_node: bool, namespace: str, timeout_s: float, max_frames: int | None, overlays: int,
-                   progress: bool) -> dict[str, Any]:
+                   progress: bool, ground_truth: Any = None, max_in_flight: int | None = None) -> dict[str, Any]:
     try:
         from rtseg_ros.ros.live_evaluation import LiveOptions, run_live_evaluation
     except ImportError as exc:
         raise click.ClickException(f"live mode needs rclpy and sensor_msgs (pip install 'rtseg_ros[ros]'): {exc}")
     options = LiveOptions(rate_factor=rate_factor, start_node=start_node, namespace=namespace,
-                          startup_timeout_s=timeout_s, max_frames=max_frames, overlays=overlays, progress=progress)
+                          startup_timeout_s=timeout_s, max_frames=max_frames, overlays=overlays, progress=progress,
+                          max_in_flight=max_in_flight)
     try:
-        return run_live_evaluation(bag, labels, settings, json_path, options)
+        return run_live_evaluation(bag, labels, settings, json_path, options, ground_truth)
     except (RuntimeError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -254,4 +361,15 @@ def _print_summary(report: dict[str, Any], json_path: Path) -> None:
                    f"{live['output_fps']:.2f} frames/s out")
     if report.get("skipped"):
         click.echo("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["skipped"].items())))
+    damage = (report.get("source") or {}).get("damage")
+    if damage:
+        where = damage["file"] or damage["storage"]
+        if damage["offset"] is not None:
+            where += f" at byte {damage['offset']}"
+        lost = "unknown" if damage["frames_lost"] is None else damage["frames_lost"]
+        click.echo(f"bag damaged in {where} ({damage['reason']}): scored the {damage['frames_recovered']} frames "
+                   f"before the damage; frames lost: {lost}")
+    distributed = report.get("distributed")
+    if distributed:
+        click.echo(f"{distributed['world_size']} processes ({distributed['backend']}) shared the frames")
     click.echo(f"report: {json_path}")

@@ -100,6 +100,9 @@ class InferenceEngine(ABC):
     name: str = ""
     input_dtype: torch.dtype = torch.float32
     channels_last: bool = False
+    # Whether a new (output size, with confidence) pair needs a build (export, compile) before it runs;
+    # eager PyTorch runs any size as it is, so the node serves a new size at once instead of meanwhile.
+    builds_per_variant: bool = True
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec

@@ -33,6 +33,7 @@ from rtseg_ros.names import (
     AUTO_BACKEND,
     BACKEND_PREFERENCE,
     BACKENDS,
+    DEFAULT_LABEL_SET,
     IGNORE_INDEX,
     LABEL_INFO_FORMAT,
     MODEL_NAMES,
@@ -92,7 +93,9 @@ class SegmenterConfig:
     Attributes:
         model: network name, one of ``mfaranet`` or ``atonet``.
         weights: checkpoint path; ``None`` runs randomly initialised weights (a warning is logged).
-        label_set: label set the classes belong to (``cityscapes`` or ``camvid``).
+        label_set: label set the classes belong to: ``cityscapes``, ``camvid`` or the path of a label set
+            YAML file; empty: the one the weights record (our checkpoints), else ``cityscapes``
+            (:meth:`resolved_label_set`).
         num_classes: number of output classes; ``None`` takes the label set's count.
         input_height: network input height in pixels (a multiple of 32).
         input_width: network input width in pixels (a multiple of 32).
@@ -143,7 +146,17 @@ class SegmenterConfig:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def resolved_num_classes(self) -> int:
-        return self.num_classes if self.num_classes is not None else _label_set(self.label_set).num_classes
+        return self.num_classes if self.num_classes is not None else self.resolved_label_set().num_classes
+
+    def resolved_label_set(self) -> LabelSet:
+        """The label set served: ``label_set``, or when it is empty the one the weights record, else
+        ``names.DEFAULT_LABEL_SET``. Reads the checkpoint's metadata (imports torch) when there are weights.
+
+        Raises:
+            LabelSetError: the label set cannot be read, or its classes differ from those the
+                checkpoint records (names, order or count); the message names both.
+        """
+        return _resolve_label_set(self.label_set, self.weights)
 
     def check(self) -> None:
         """The one check before building: :meth:`validate`, then :func:`check_runtime` on this machine.
@@ -232,18 +245,20 @@ class SegmenterConfig:
 
     # Node status -------------------------------------------------------------------------------
 
-    def label_info_fields(self, weights_sha256: str) -> dict[str, Any]:
+    def label_info_fields(self, weights_sha256: str, label_set: LabelSet | None = None) -> dict[str, Any]:
         """The node's JSON ``label_info`` document (``std_msgs/String`` where vision_msgs is missing).
 
         Args:
             weights_sha256: what identifies the weights in service: the file's sha256, or that of
                 the random initial weights when there is none.
+            label_set: the set served (``Segmenter.label_set``); ``None`` resolves it again
+                (:meth:`resolved_label_set`).
         """
-        label_set = _label_set(self.label_set)
+        label_set = label_set or self.resolved_label_set()
         return {
             "format": LABEL_INFO_FORMAT,
             "label_set": label_set.name,
-            "num_classes": self.resolved_num_classes(),
+            "num_classes": self.num_classes if self.num_classes is not None else label_set.num_classes,
             "ignore_index": label_set.ignore_index,
             "classes": [{"id": i, "name": name, "color": list(color)}
                         for i, (name, color) in enumerate(zip(label_set.class_names, label_set.colors))],
@@ -277,10 +292,13 @@ class SegmenterConfig:
         """
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        try:
-            label_set = _label_set(self.label_set)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        # An empty label_set takes the checkpoint's, which check_runtime's caller (the Segmenter) reads.
+        label_set = None
+        if self.label_set or self.weights is None:
+            try:
+                label_set = _label_set(self.label_set or DEFAULT_LABEL_SET)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.num_classes is not None:
             if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
                 raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
@@ -288,7 +306,7 @@ class SegmenterConfig:
             if self.num_classes >= IGNORE_INDEX:
                 raise ConfigError(
                     f"num_classes must be below {IGNORE_INDEX} to fit uint8 labels, got {self.num_classes}")
-            if self.num_classes != label_set.num_classes:
+            if label_set is not None and self.num_classes != label_set.num_classes:
                 raise ConfigError(
                     f"num_classes={self.num_classes} does not match label set {label_set.name!r} "
                     f"({label_set.num_classes} classes)")
@@ -385,6 +403,34 @@ def _label_set(name: str) -> LabelSet:
     return get_label_set(name)
 
 
+def _resolve_label_set(reference: str, weights: str | None) -> LabelSet:
+    """``reference`` (or, empty, the checkpoint's set, else the default), checked against the checkpoint."""
+    from rtseg_ros.datasets.labels import LabelSetError, require_same_classes
+
+    recorded, recorded_classes = None, None
+    if weights and Path(weights).expanduser().is_file():
+        from rtseg_ros.nets.checkpoint import checkpoint_label_set
+
+        recorded, recorded_classes = checkpoint_label_set(weights)
+    if not reference:
+        if recorded is not None:
+            return recorded
+        default = _label_set(DEFAULT_LABEL_SET)
+        if recorded_classes not in (None, default.num_classes):
+            raise LabelSetError(
+                f"the checkpoint {weights} has {recorded_classes} classes and records no label set; set label_set "
+                f"to a label set YAML file with its {recorded_classes} classes")
+        return default
+    given = _label_set(reference)
+    if recorded is not None:
+        require_same_classes(recorded, given, expected_from=f"the checkpoint {weights}",
+                             given_from=f"label_set {reference!r}")
+    elif recorded_classes is not None and recorded_classes != given.num_classes:
+        raise LabelSetError(f"the checkpoint {weights} has {recorded_classes} classes, but label_set {reference!r} "
+                            f"is {given.summary()}")
+    return given
+
+
 # Optional fields (None by default) are empty strings as node parameters.
 _OPTIONAL_FIELDS = frozenset(field.name for field in dataclasses.fields(SegmenterConfig) if field.default is None)
 
@@ -464,15 +510,23 @@ def _check_openvino(config: SegmenterConfig) -> None:
 
     wanted = openvino_device_name(config.device)
     available = list(openvino.Core().available_devices)
-    kind, _, index = wanted.partition(".")
-    # One GPU is listed as "GPU" and answers to "GPU.0"; several are listed as GPU.0, GPU.1, ...
-    if wanted in available or (kind in available and index in ("", "0")) or (
-            not index and any(d.startswith(f"{kind}.") for d in available)):
+    if openvino_device_present(wanted, available):
         return
+    kind = wanted.partition(".")[0]
     remedy = ("install Intel's GPU compute runtime (intel-opencl-icd, level-zero)" if kind == "GPU"
               else "install the Intel NPU driver")
     raise ConfigError(f"OpenVINO device {wanted} is not present (OpenVINO sees {', '.join(available) or 'none'}); "
                       f"{remedy}, or use device cpu")
+
+
+def openvino_device_present(wanted: str, available: list[str]) -> bool:
+    """Whether OpenVINO device ``wanted`` (``GPU``, ``GPU.1``, ``NPU``) is among ``Core().available_devices``.
+
+    One GPU is listed as ``GPU`` and answers to ``GPU.0`` too; several are listed as ``GPU.0``, ``GPU.1``, ...
+    """
+    kind, _, index = wanted.partition(".")
+    return (wanted in available or (kind in available and index in ("", "0"))
+            or (not index and any(d.startswith(f"{kind}.") for d in available)))
 
 
 def backend_preference(config: SegmenterConfig) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ inference precision is bf16, which would make ``fp32`` silently lossy.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import torch
 from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
 from rtseg_ros.engines.cache import ArtifactCache
 from rtseg_ros.engines.calibration import CalibrationImages, calibration_key
-from rtseg_ros.engines.config import ConfigError, openvino_device_name
+from rtseg_ros.engines.config import ConfigError, openvino_device_name, openvino_device_present
 
 LOG = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ class OpenVINOEngine(InferenceEngine):
         self.precision = config.precision
         self.core = self._ov.Core()
         self.ov_device = openvino_device_name(config.device)
-        available = self.core.available_devices
-        if self.ov_device not in available and self.ov_device.split(".")[0] not in available:
+        available = list(self.core.available_devices)
+        if not openvino_device_present(self.ov_device, available):
             raise ConfigError(f"OpenVINO device {self.ov_device} not found; this machine has {', '.join(available)}")
         self.device_name = str(self.core.get_property(self.ov_device, "FULL_DEVICE_NAME"))
         self.properties = compile_properties(self.ov_device, self.precision, torch.get_num_threads())
@@ -99,10 +100,9 @@ class OpenVINOEngine(InferenceEngine):
         extra: dict[str, Any] = {"openvino": self._ov.__version__, "device": self.ov_device,
                                  "device_name": self.device_name, "properties": compiled_as, "converter": CONVERTER}
         if self.precision == "int8":
-            import nncf
-
+            # The version from the package metadata: importing nncf takes seconds, a cache hit needs none.
             extra["calibration"] = {**calibration_key(config.calibration_data, config.calibration_frames),
-                                    "nncf": nncf.__version__}
+                                    "nncf": importlib.metadata.version("nncf")}
         return self.spec.cache_key(output_size, with_confidence, **extra)
 
     def _build_head(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:

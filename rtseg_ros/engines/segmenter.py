@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rtseg_ros.datasets.labels import LabelSet, get_label_set
+from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.engines.base import EngineSpec
 from rtseg_ros.engines.cache import state_dict_sha256
 from rtseg_ros.engines.config import SegmenterConfig, resolve_backend
@@ -55,8 +55,9 @@ class Segmenter:
         config = resolve_backend(config)  # backend 'auto': the first that runs here, logged
         config.check()
         self.config = config
-        self.label_set: LabelSet = get_label_set(config.label_set)
-        self.num_classes = config.resolved_num_classes()
+        # The config's label set, or the one the checkpoint records; a mismatch between them stops here.
+        self.label_set: LabelSet = config.resolved_label_set()
+        self.num_classes = config.num_classes if config.num_classes is not None else self.label_set.num_classes
         self.device = torch.device(config.torch_device)
 
         model = build_model(config.model, num_classes=self.num_classes, scales=config.scales)
@@ -69,6 +70,7 @@ class Segmenter:
             weights_id = weights_hash(config.weights)
         model.eval()
         self.weights_id = weights_id
+        self._prepared: frozenset[tuple[tuple[int, int], bool]] = frozenset()  # by prepare()
         self.engine = create_engine(EngineSpec(config, model, weights_id, self.num_classes))
         self._preprocess = Preprocessor(config.network_size, self.device, self.engine.input_dtype,
                                         channels_last=self.engine.channels_last)
@@ -87,11 +89,35 @@ class Segmenter:
         the camera's frame size moves that cost before the first frame.
         """
         size = frame_size or self.config.network_size
-        self.engine.prepare(self.output_size(size), with_confidence=want_confidence)
+        self.prepare(self.output_size(size), want_confidence)
+
+    def prepare(self, output_size: tuple[int, int], with_confidence: bool = False) -> None:
+        """Build or load the engine variant for labels at ``output_size`` (and confidence) and run it once.
+
+        May run in a background thread while ``segment`` serves variants already prepared
+        (:meth:`is_prepared`); the node builds a new frame size or the confidence variant that way.
+        """
+        key = ((int(output_size[0]), int(output_size[1])), bool(with_confidence))
+        self.engine.prepare(key[0], with_confidence=key[1])
+        self._prepared = self._prepared | {key}  # a new set: readers on other threads see old or new
+
+    @property
+    def prepared(self) -> frozenset[tuple[tuple[int, int], bool]]:
+        """The (output size, with confidence) variants that :meth:`prepare` has made ready."""
+        return self._prepared
+
+    def is_prepared(self, output_size: tuple[int, int], with_confidence: bool) -> bool:
+        """Whether ``segment`` at ``output_size`` runs without building anything first."""
+        if not self.engine.builds_per_variant:
+            return True
+        return ((int(output_size[0]), int(output_size[1])), bool(with_confidence)) in self.prepared
 
     def segment(self, frame: np.ndarray | torch.Tensor, color_order: str = "rgb",
-                want_confidence: bool = False) -> SegmentationResult:
+                want_confidence: bool = False, output_size: tuple[int, int] | None = None) -> SegmentationResult:
         """Segment one HxWx3 uint8 frame (numpy, or a tensor on any device) in ``color_order``.
+
+        Args:
+            output_size: (height, width) of the labels; default :meth:`output_size` of the frame's size.
 
         Raises:
             FrameError: the frame is not HxWx3 uint8 or the colour order is unknown.
@@ -103,7 +129,8 @@ class Segmenter:
             image = self._preprocess(pixels, color_order)
             sync()
             preprocessed = time.perf_counter()
-            labels, confidence = self.engine.run(image, self.output_size(tuple(pixels.shape[:2])), want_confidence)
+            size = output_size or self.output_size(tuple(pixels.shape[:2]))
+            labels, confidence = self.engine.run(image, size, want_confidence)
             sync()
             inferred = time.perf_counter()
             labels_host = to_host(labels)

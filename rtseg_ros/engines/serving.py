@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 __all__ = ["LatestFrameWorker", "EngineSwapper", "EngineState"]
@@ -74,6 +74,9 @@ class EngineState:
     SERVING = "serving"
     REBUILDING = "rebuilding"
     REBUILD_FAILED = "rebuild failed"
+    # A variant of the engine in service (another output size, or with confidence) is being built in
+    # the background (:meth:`EngineSwapper.run_in_background`); the engine serves what it has meanwhile.
+    BUILDING = "building engine"
 
 
 class EngineSwapper(Generic[Config, Engine]):
@@ -107,6 +110,7 @@ class EngineSwapper(Generic[Config, Engine]):
         self._state = EngineState.SERVING
         self._last_error = ""
         self._builders: list[threading.Thread] = []
+        self._jobs: dict[Hashable, threading.Thread] = {}
 
     @property
     def engine(self) -> Engine:
@@ -120,8 +124,44 @@ class EngineSwapper(Generic[Config, Engine]):
 
     @property
     def state(self) -> str:
-        """``serving``, ``rebuilding`` or ``rebuild failed`` (the old engine serves in every case)."""
+        """``serving``, ``rebuilding``, ``building engine`` or ``rebuild failed`` (an engine serves in every case).
+
+        ``building engine``: a background job (:meth:`run_in_background`) runs while the engine serves.
+        """
+        if self._state == EngineState.SERVING and self._jobs:
+            return EngineState.BUILDING
         return self._state
+
+    @property
+    def building(self) -> bool:
+        """True while an engine or a variant of one is being built in the background."""
+        return self._state == EngineState.REBUILDING or bool(self._jobs)
+
+    def run_in_background(self, key: Hashable, job: Callable[[], None], what: str = "") -> bool:
+        """Run ``job`` on a thread of its own (e.g. building a variant the serving engine lacks) unless a
+        job with ``key`` is already running; returns whether it started one.
+
+        :attr:`state` reads ``building engine`` until it ends. A job that raises is logged and leaves
+        :attr:`last_error` set; the engine in service is not touched either way.
+        """
+        with self._lock:
+            if key in self._jobs:
+                return False
+            thread = threading.Thread(target=self._run_job, args=(key, job, what or str(key)), daemon=True,
+                                      name=f"engine-job-{len(self._jobs) + 1}")
+            self._jobs[key] = thread
+        thread.start()
+        return True
+
+    def _run_job(self, key: Hashable, job: Callable[[], None], what: str) -> None:
+        try:
+            job()
+        except Exception as exc:  # noqa: BLE001 - a failed variant build leaves the engine serving
+            _log.exception("building %s failed", what)
+            self._last_error = f"building {what} failed: {exc}"
+        finally:
+            with self._lock:
+                self._jobs.pop(key, None)
 
     @property
     def last_error(self) -> str:
@@ -144,9 +184,9 @@ class EngineSwapper(Generic[Config, Engine]):
         return True
 
     def wait_idle(self, timeout: float | None = None) -> None:
-        """Wait for the rebuilds in progress (for shutdown and tests)."""
+        """Wait for the rebuilds and background jobs in progress (for shutdown and tests)."""
         with self._lock:
-            builders = list(self._builders)
+            builders = list(self._builders) + list(self._jobs.values())
         for thread in builders:
             thread.join(timeout)
 

@@ -38,7 +38,6 @@ from torch import nn
 
 from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
 from rtseg_ros.engines.cache import ArtifactCache, graph_source_sha256
-from rtseg_ros.engines.calibration import calibration_key, iter_calibration_frames
 from rtseg_ros.engines.config import ConfigError
 from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device
 
@@ -145,6 +144,8 @@ def timing_cache_path(cache_dir: Path, gpu: Mapping[str, Any], versions: Mapping
 
 def calibration_content_sha256(path: str | Path, frames: int) -> str:
     """Hex sha256 of the decoded calibration frames that calibration uses (pixels and colour order)."""
+    from rtseg_ros.engines.calibration import iter_calibration_frames  # OpenCV and rosbags: int8 only
+
     digest = hashlib.sha256()
     for frame, order in iter_calibration_frames(path, frames):
         digest.update(f"{frame.shape}:{order}\n".encode())
@@ -228,6 +229,8 @@ class TensorRTEngine(InferenceEngine):
     def _calibration_fields(self) -> dict[str, Any]:
         """What int8 engines depend on beyond the network: data, its content, ModelOpt and its config."""
         if self._calibration is None:
+            from rtseg_ros.engines.calibration import calibration_key
+
             config = self.spec.config
             self._calibration = {
                 **calibration_key(config.calibration_data, config.calibration_frames),
@@ -295,6 +298,8 @@ class TensorRTEngine(InferenceEngine):
         ModelOpt build.
         """
         import modelopt.torch.opt as mto
+
+        from rtseg_ros.engines.calibration import iter_calibration_frames
 
         config = self.spec.config
         key = {"model": config.model, "weights_sha256": self.spec.weights_id,

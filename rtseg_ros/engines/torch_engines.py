@@ -35,6 +35,7 @@ class TorchEngine(InferenceEngine):
     """Eager PyTorch in inference mode, channels_last, fp32 (or fp16 on CUDA)."""
 
     name = "torch"
+    builds_per_variant = False
     # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution layouts, and
     # the logits come out channels_last, which makes the per-pixel argmax a contiguous reduction.
     channels_last = True
@@ -59,6 +60,7 @@ class CompiledEngine(TorchEngine):
     """
 
     name = "compile"
+    builds_per_variant = True
 
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)

@@ -17,7 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from rtseg_ros.skips import (
     SKIP_SIZE_MISMATCH,
     SkipTally,
 )
+
+if TYPE_CHECKING:
+    from rtseg_ros.distributed import DistributedContext
 
 LOG = logging.getLogger(__name__)
 
@@ -161,6 +164,22 @@ class Evaluation:
         self.frames += 1
         return None
 
+    def merge(self, other: "Evaluation") -> None:
+        """Add another evaluation's scores, latencies and tallies (another process's share of the frames).
+
+        Raises:
+            ValueError: the two score different numbers of classes.
+        """
+        self.confusion.merge(other.confusion)
+        self.frames += other.frames
+        self.frames_read += other.frames_read
+        self.unknown_label_pixels += other.unknown_label_pixels
+        self.skipped = SkipTally.merged(self.skipped, other.skipped)
+        self.issues = SkipTally.merged(self.issues, other.issues)
+        self._latency.extend(other._latency)
+        for stage, values in other._stages.items():
+            self._stages.setdefault(stage, array("d")).extend(values)
+
     def metrics(self) -> dict[str, Any]:
         """The accuracy and latency part of the report."""
         iou = self.confusion.iou()
@@ -209,6 +228,13 @@ class ReportWriter:
     def frame(self, record: dict[str, Any]) -> None:
         """Append one frame's record to the per-frame log."""
         append_json_line(self._frames, record)
+
+    def replace_frames(self, records: Iterable[dict[str, Any]]) -> None:
+        """Rewrite the per-frame log with ``records`` (all processes' records of a distributed run)."""
+        self._frames.close()
+        self._frames = open(self.paths["frames"], "w")
+        for record in records:
+            append_json_line(self._frames, record)
 
     def overlay(self, name: str, image: np.ndarray, prediction: np.ndarray, labels: np.ndarray | None,
                 label_set: LabelSet, color_order: str = "rgb") -> None:
@@ -280,39 +306,70 @@ def build_report(evaluation: Evaluation, header: dict[str, Any], complete: bool,
 def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet, *,
                    header: dict[str, Any] | None = None, json_path: str | Path | None = None,
                    export_dir: str | Path | None = None, overlays: int = 4, max_frames: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, distributed: DistributedContext | None = None) -> dict[str, Any]:
     """Segment every frame of ``source`` with ``predict`` and score it.
 
     Bad frames are skipped and counted (``skipped``: reason -> count), the run goes on. With
     ``json_path``, results are kept on disk during the run (see :class:`ReportWriter`); if the run
     is interrupted, the files written hold the results so far, marked ``"complete": false``.
 
+    With ``distributed`` (one of several processes, e.g. under ``torchrun``), this process scores its
+    share of the frames (:class:`~rtseg_ros.evaluation.sharding.ShardedSource`); at the end the
+    confusion matrix is all-reduced and the tallies and latencies gathered, so every process returns
+    the report of all frames, the same numbers as one process. Only rank 0 writes the report files
+    and overlays (its summary JSON during the run holds its own share, ``distributed.merged`` false);
+    each process exports the predictions of its own frames.
+
     Returns:
         The report (the JSON's content as a dict; NaN where the JSON has ``null``).
     """
     from tqdm import tqdm
 
+    sharded = distributed is not None and distributed.distributed
+    if sharded:
+        from rtseg_ros.evaluation.sharding import ShardedSource, combine_shards
+
+        source = ShardedSource(source, distributed, max_frames)
+        max_frames = None  # applied to the whole stream by the sharded source
+    main = not sharded or distributed.is_main
     evaluation = Evaluation(label_set)
-    writer = ReportWriter(json_path, header or {}, overlays) if json_path else None
+    writer = ReportWriter(json_path, header or {}, overlays) if json_path and main else None
     exporter = PredictionExporter(export_dir, label_set) if export_dir else None
     total = source.total if max_frames is None else min(source.total or max_frames, max_frames)
     started = time.perf_counter()
     predicted = 0
     complete = False
+    # A distributed run's per-frame records, merged into rank 0's log at the end.
+    records: list[dict[str, Any]] | None = [] if sharded else None
+    shares: dict[str, Any] | None = None
 
     def run_fields() -> dict[str, Any]:
         elapsed = time.perf_counter() - started
+        frames_predicted, exported = predicted, exporter.written if exporter else 0
         damage = getattr(source, "damage", None)
+        fields: dict[str, Any] = {}
+        if sharded:
+            if shares is not None:
+                elapsed, frames_predicted, exported = shares["elapsed_s"], shares["predicted"], shares["exported"]
+            fields["distributed"] = {"world_size": distributed.world_size, "backend": distributed.backend,
+                                     "merged": shares is not None}
         return {
             "source": {"description": source.description, **(header or {}).get("source", {}),
                        **({"damage": damage.as_dict()} if damage is not None else {})},
             "elapsed_s": elapsed,
-            "throughput_fps": predicted / elapsed if predicted and elapsed > 0 else None,
-            "exported": exporter.written if exporter else 0,
+            "throughput_fps": frames_predicted / elapsed if frames_predicted and elapsed > 0 else None,
+            "exported": exported,
+            **fields,
         }
 
+    def log_frame(record: dict[str, Any]) -> None:
+        if records is not None:
+            records.append(record)
+        if writer is not None:
+            writer.frame(record)
+
     try:
-        bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=total, desc="eval", unit="frame", disable=not (progress and main), dynamic_ncols=True)
         for frame in source.frames(evaluation.skipped):
             if max_frames is not None and evaluation.frames_read >= max_frames:
                 break
@@ -339,17 +396,23 @@ def run_evaluation(source: FrameSource, predict: Predictor, label_set: LabelSet,
                 if writer is not None:
                     writer.overlay(frame.name, frame.image, prediction.labels, frame.labels, label_set,
                                    frame.color_order)
+            log_frame(record)
             if writer is not None:
-                writer.frame(record)
                 writer.checkpoint(evaluation, run_fields())
             if bar.n % 10 == 0:
                 bar.set_postfix(miou=f"{evaluation.confusion.mean_iou() * 100:.1f}", refresh=False)
         bar.close()
+        if sharded:
+            own = {"elapsed_s": time.perf_counter() - started, "predicted": predicted,
+                   "exported": exporter.written if exporter else 0, "records": records}
+            evaluation, shares = combine_shards(evaluation, own, distributed)
+            if writer is not None:
+                writer.replace_frames(shares["records"])
         complete = True
     finally:
-        # On an interruption the files still get the results so far, marked incomplete.
+        # On an interruption the files still get the results so far, marked incomplete (in a
+        # distributed run, rank 0's own share: the other processes cannot be reached any more).
         final = run_fields()
         report = (writer.finish(evaluation, complete, final) if writer is not None
                   else build_report(evaluation, header or {}, complete, final))
     return report
-

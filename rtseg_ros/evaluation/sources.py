@@ -6,17 +6,21 @@ one frame, not the run. ``make_dataset_bag`` is the other direction: a data set 
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from rtseg_ros.datasets import get_dataset_reader
 from rtseg_ros.datasets.base import DatasetError, SamplePaths, load_sample, read_labels
 from rtseg_ros.io.bags import (
+    CAMERA_INFO_TOPIC,
     CUSTOM_DATASET,
     CUSTOM_LABEL_SET,
+    CUSTOM_LABEL_SET_DEFINITION,
     CUSTOM_SPLIT,
     BagDamage,
     BagFrameReader,
@@ -35,6 +39,8 @@ class EvalFrame:
         stamp_ns: header stamp (bags) or a running index (folders).
         image: HxWx3 uint8 in ``color_order``.
         labels: HxW uint8 train ids (255 = ignore) or ``None``.
+        camera_info: the bag's ``sensor_msgs/CameraInfo`` of the frame (a rosbags message), for a
+            :class:`BagSource` asked for it.
     """
 
     name: str
@@ -42,6 +48,7 @@ class EvalFrame:
     image: np.ndarray
     color_order: str
     labels: np.ndarray | None
+    camera_info: Any | None = None
 
 
 class DatasetGroundTruth:
@@ -77,14 +84,21 @@ def _list(dataset: str, root: str | Path, split: str, label_map: Mapping[int, in
 class BagSource:
     """Frames of a bag, with ground truth from the bag or, if given, from a data set folder.
 
+    Args:
+        path: the bag.
+        ground_truth: where to look up labels by recorded file name instead of the bag's own.
+        camera_info: also give each frame the bag's camera info (live evaluation republishes it).
+
     Attributes:
         damage: after the frames are read, what a damaged bag gave up (``None`` for a whole bag);
             the report's ``source.damage``.
     """
 
-    def __init__(self, path: str | Path, ground_truth: DatasetGroundTruth | None = None) -> None:
+    def __init__(self, path: str | Path, ground_truth: DatasetGroundTruth | None = None,
+                 camera_info: bool = False) -> None:
         self.path = Path(path)
         self.ground_truth = ground_truth
+        self.camera_info = camera_info
         self.damage: BagDamage | None = None
         self.total = BagFrameReader(self.path).frame_count()
         self.description = f"bag {self.path} ({bag_storage(self.path)})"
@@ -95,7 +109,8 @@ class BagSource:
         """The bag's frames in stamp order; undecodable messages and unreadable label files are
         recorded in ``skipped``; a damaged bag's frames before the damage, then :attr:`damage`."""
         self.damage = None
-        reader = BagFrameReader(self.path, tally=skipped)
+        reader = BagFrameReader(self.path, tally=skipped,
+                                camera_info_topic=CAMERA_INFO_TOPIC if self.camera_info else None)
         for frame in reader:
             name = frame.name or f"frame_{frame.stamp_ns}"
             labels = frame.labels
@@ -105,7 +120,7 @@ class BagSource:
                 except DatasetError as exc:
                     skipped.record(SKIP_UNREADABLE_FILE, str(exc))
                     continue
-            yield EvalFrame(name, frame.stamp_ns, frame.image, frame.color_order, labels)
+            yield EvalFrame(name, frame.stamp_ns, frame.image, frame.color_order, labels, frame.camera_info)
         self.damage = reader.damage
 
 
@@ -117,12 +132,21 @@ class DatasetSource:
     def __init__(self, dataset: str, root: str | Path, split: str,
                  label_map: Mapping[int, int] | None = None) -> None:
         self.samples = _list(dataset, root, split, label_map)
+        # Each frame's place in the listing (its stamp_ns), kept when the list is sharded.
+        self.indices: Sequence[int] = range(len(self.samples))
         self.total = len(self.samples)
         self.description = f"{dataset} {split} in {root}"
 
+    def shard(self, rank: int, world_size: int) -> "DatasetSource":
+        """Every ``world_size``-th sample from the ``rank``-th on (a process's share of a distributed run)."""
+        part = copy.copy(self)
+        part.samples, part.indices = self.samples[rank::world_size], self.indices[rank::world_size]
+        part.total = len(part.samples)
+        return part
+
     def frames(self, skipped: SkipTally) -> Iterator[EvalFrame]:
         """The split's frames in listing order; files that cannot be read are recorded in ``skipped``."""
-        for index, paths in enumerate(self.samples):
+        for index, paths in zip(self.indices, self.samples):
             try:
                 sample = load_sample(paths)
             except DatasetError as exc:
@@ -134,11 +158,13 @@ class DatasetSource:
 def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path, storage: str = "mcap",
                      rate_hz: float = 10.0, start_ns: int = 1_700_000_000 * 1_000_000_000,
                      limit: int | None = None, label_map: Mapping[int, int] | None = None,
-                     progress: bool = False) -> dict[str, int]:
+                     progress: bool = False, label_set: Any = None) -> dict[str, int]:
     """Write a data set split as a bag (see :mod:`rtseg_ros.io.bags` for the topics).
 
     Frames are read and written one at a time. A frame whose files cannot be read is skipped and
-    counted. Returns ``{"frames": written, "skipped": skipped, "without_ground_truth": n}``.
+    counted. ``label_set`` (a :class:`~rtseg_ros.datasets.labels.LabelSet`) is recorded as the
+    ground truth's classes, by name, and whole when it is not a built-in set; default: the reader's
+    own. Returns ``{"frames": written, "skipped": skipped, "without_ground_truth": n}``.
     """
     from tqdm import tqdm
 
@@ -152,9 +178,12 @@ def make_dataset_bag(dataset: str, root: str | Path, split: str, out: str | Path
     reader = get_dataset_reader(dataset)
     # Readers of data sets that ship calibration (Cityscapes) provide camera_intrinsics(paths).
     intrinsics_of = getattr(reader, "camera_intrinsics", None)
-    label_set = reader.LABEL_SET
-    if label_set:
-        custom[CUSTOM_LABEL_SET] = label_set
+    if label_set is not None:
+        custom[CUSTOM_LABEL_SET] = label_set.name
+        if label_set.source != label_set.name:  # not a built-in set: the bag carries its definition
+            custom[CUSTOM_LABEL_SET_DEFINITION] = label_set.to_json()
+    elif reader.LABEL_SET:
+        custom[CUSTOM_LABEL_SET] = reader.LABEL_SET
     with BagWriter(out, storage, custom_data=custom) as writer:
         for paths in tqdm(samples, desc="make-bag", unit="frame", disable=not progress):
             try:

@@ -73,6 +73,8 @@ DEFAULT_FRAME_ID = "camera"
 BAG_FORMAT_VERSION = 9  # rosbag2 metadata version written by Jazzy
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 CUSTOM_LABEL_SET = "rtseg_ros.label_set"
+# A label set from a file is recorded whole (its JSON, LabelSet.to_json) beside its name.
+CUSTOM_LABEL_SET_DEFINITION = "rtseg_ros.label_set_definition"
 CUSTOM_DATASET = "rtseg_ros.dataset"
 CUSTOM_SPLIT = "rtseg_ros.split"
 
@@ -100,6 +102,8 @@ class BagFrame:
         labels: HxW uint8 train ids, or ``None`` when the bag holds none for this stamp.
         name: the recorded file name, or ``None``.
         frame_id: the image header's frame id.
+        camera_info: the recorded ``sensor_msgs/CameraInfo`` with the frame's stamp (a rosbags
+            message), when the reader was asked for camera info and the bag has one.
     """
 
     stamp_ns: int
@@ -108,6 +112,7 @@ class BagFrame:
     labels: np.ndarray | None = None
     name: str | None = None
     frame_id: str = ""
+    camera_info: Any | None = None
 
 
 @dataclass
@@ -115,6 +120,7 @@ class _Pending:
     image: tuple[np.ndarray, str, str] | None = None
     labels: np.ndarray | None = None
     name: str | None = None
+    camera_info: Any | None = None
     image_messages: int = 0
 
 
@@ -280,6 +286,8 @@ class BagFrameReader:
     Args:
         path: the bag folder (with ``metadata.yaml``).
         image_topic, label_topic, name_topic: where to find frames, labels and file names.
+        camera_info_topic: if set, each frame also carries the camera info of its stamp (live
+            evaluation republishes it); unset, camera info is not read.
         window: how many stamps may be open at once while their messages arrive; the bag is
             ordered by time, so a small window suffices and bounds memory.
 
@@ -293,6 +301,7 @@ class BagFrameReader:
     image_topic: str = IMAGE_TOPIC
     label_topic: str = LABEL_TOPIC
     name_topic: str = FILE_NAME_TOPIC
+    camera_info_topic: str | None = None
     window: int = 4
     tally: SkipTally = field(default_factory=SkipTally)
     damage: BagDamage | None = field(default=None, init=False)
@@ -334,8 +343,17 @@ class BagFrameReader:
                   if isinstance(t, dict) and (t.get("topic_metadata") or {}).get("name") == self.image_topic]
         return sum(counts) if counts else None
 
-    def _topics(self) -> tuple[str, str, str]:
-        return self.image_topic, self.label_topic, self.name_topic
+    def _only_storage_file(self) -> str | None:
+        """The bag's storage file when it has just one (where the damage must be), else ``None``."""
+        try:
+            files = _bag_information(self.path).get("relative_file_paths") or []
+        except BagError:
+            return None
+        return str(files[0]) if len(files) == 1 else None
+
+    def _topics(self) -> tuple[str, ...]:
+        topics = (self.image_topic, self.label_topic, self.name_topic)
+        return (*topics, self.camera_info_topic) if self.camera_info_topic else topics
 
     def __iter__(self) -> Iterator[BagFrame]:
         self.damage = None
@@ -393,8 +411,10 @@ class BagFrameReader:
                     if channel.topic in topics:
                         image_seen = image_seen or channel.topic == self.image_topic
                         yield channel, log_time, raw
-            except McapRecoveryError:
-                raise error from None
+            except McapRecoveryError as exc:
+                if path == files[0]:
+                    raise error from None  # not an mcap bag at all
+                raise _StreamBroken(str(exc), path.name, 0, path.stat().st_size) from None
             except OSError as exc:
                 raise _StreamBroken(f"cannot read {path.name}: {exc}", path.name) from exc
             image_seen = image_seen or any(c.topic == self.image_topic for c in recovery.channels.values())
@@ -432,8 +452,8 @@ class BagFrameReader:
                 yield from self._emit(pending, stamp)
             announced = self._announced_images()
             lost = None if announced is None else max(announced - counts["images"], 0)
-            self.damage = BagDamage(storage, broken.file, broken.offset, broken.file_size, broken.reason,
-                                    counts["frames"], lost, counts["messages"])
+            self.damage = BagDamage(storage, broken.file or self._only_storage_file(), broken.offset,
+                                    broken.file_size, broken.reason, counts["frames"], lost, counts["messages"])
             self.tally.record(SKIP_BAG_READ_ERROR, f"{self.path}: {self.damage.describe()}")
             return
         for stamp in sorted(pending):
@@ -450,6 +470,9 @@ class BagFrameReader:
             pending.setdefault(log_time, _Pending()).name = str(msg.data)
             return
         stamp = stamp_ns(msg.header)
+        if connection.topic == self.camera_info_topic:
+            pending.setdefault(stamp, _Pending()).camera_info = msg
+            return
         try:
             if connection.topic == self.image_topic:
                 entry = pending.setdefault(stamp, _Pending())
@@ -475,7 +498,7 @@ class BagFrameReader:
             return
         image, order, frame_id = entry.image
         self._counts["frames"] += 1
-        yield BagFrame(stamp, image, order, entry.labels, entry.name, frame_id)
+        yield BagFrame(stamp, image, order, entry.labels, entry.name, frame_id, entry.camera_info)
 
 
 def _bag_information(path: str | Path) -> dict[str, Any]:

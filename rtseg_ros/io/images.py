@@ -25,6 +25,7 @@ __all__ = [
     "image_msg_to_array",
     "compressed_msg_to_array",
     "array_to_image_fields",
+    "mono16_to_mono8",
 ]
 
 
@@ -145,7 +146,8 @@ def image_msg_to_array(msg: Any) -> tuple[np.ndarray, str]:
     Returns:
         ``(image, color_order)`` with ``color_order`` ``"rgb"`` or ``"bgr"``. For rgb8, bgr8, rgba8
         and bgra8 the image is a (possibly strided) view of ``msg.data``, not a copy; other
-        encodings are converted with OpenCV. ``mono16`` keeps its 8 most significant bits.
+        encodings are converted with OpenCV. ``mono16`` is brought to 8 bits by its range
+        (:func:`mono16_to_mono8`), so a 10- or 12-bit camera fills the 8-bit range too.
 
     Raises:
         ImageDecodeError: unknown encoding, zero size, a ``step`` too small for the width, or a
@@ -165,7 +167,7 @@ def image_msg_to_array(msg: Any) -> tuple[np.ndarray, str]:
         byte_order = ">" if msg.is_bigendian else "<"
         # A strided row slice cannot be reinterpreted as uint16 in place; these frames are small.
         pixels = np.ascontiguousarray(rows).view(np.dtype(f"{byte_order}u2")).reshape(height, width)
-        pixels = (pixels >> 8).astype(np.uint8)
+        pixels = mono16_to_mono8(pixels)
     else:
         pixels = rows.reshape(height, width, spec.channels)
 
@@ -175,6 +177,23 @@ def image_msg_to_array(msg: Any) -> tuple[np.ndarray, str]:
         pixels = pixels.reshape(height, width)
     # OpenCV needs a contiguous source for these conversions; padded rows are the rare case.
     return cv2.cvtColor(np.ascontiguousarray(pixels), spec.conversion), spec.color_order
+
+
+def mono16_to_mono8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit grey values brought to 8 bits by the bit depth they use.
+
+    Cameras deliver 10, 12 or 14 significant bits in a mono16 image; keeping the top 8 of 16 bits
+    would leave a 12-bit camera's frame near black (at most 15 of 255). The frame is shifted right by
+    the bits its brightest pixel uses beyond 8, so a 12-bit frame maps 0..4095 to 0..255, a full
+    16-bit one keeps its top byte and values below 256 stay as they are. A power-of-two scale keeps
+    the mapping of a camera's frames constant (no per-frame contrast stretch) unless their peak
+    crosses a bit boundary.
+    """
+    peak = int(pixels.max()) if pixels.size else 0
+    shift = max(peak.bit_length() - 8, 0)
+    if shift == 0:
+        return pixels.astype(np.uint8)
+    return (pixels >> shift).astype(np.uint8)
 
 
 def compressed_msg_to_array(msg: Any) -> tuple[np.ndarray, str]:

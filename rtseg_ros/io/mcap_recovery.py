@@ -155,10 +155,10 @@ class McapRecovery:
     """
 
     path: Path
-    damage: McapDamage | None = None
-    messages_read: int = 0
-    channels: dict[int, McapChannel] = field(default_factory=dict)
-    _schemas: dict[int, str] = field(default_factory=dict)
+    damage: McapDamage | None = field(default=None, init=False)
+    messages_read: int = field(default=0, init=False)
+    channels: dict[int, McapChannel] = field(default_factory=dict, init=False)
+    _schemas: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def messages(self) -> Iterator[tuple[McapChannel, int, bytes]]:
         """The messages in file order (each chunk's sorted by log time).

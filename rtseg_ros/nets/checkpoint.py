@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,9 +28,16 @@ from rtseg_ros.io.files import atomic_output, file_sha256
 from rtseg_ros.nets.base import SegmentationModel
 from rtseg_ros.nets.registry import get_model_entry, list_models
 
+if TYPE_CHECKING:
+    from rtseg_ros.datasets.labels import LabelSet
+
 LOG = logging.getLogger(__name__)
 
 FORMAT = "rtseg_ros/1"
+# Our files written with a LabelSet (``rtseg train``) also carry the whole set under this key, in the
+# label set file format (LabelSet.to_dict), so that the weights alone say what their classes are.
+# Files without it (older ones, or a label set given by name) are read by their ``label_set`` name.
+LABEL_SET_DEFINITION = "label_set_definition"
 OWN_SOURCE = "rtseg_ros"
 WHERE_WEIGHTS_GO = (
     "put weight files in models/ (models/manifest.yaml lists the authors' released checkpoints "
@@ -125,6 +132,36 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return {k: v for k, v in obj.items() if k != "state_dict"}
     return {}
+
+
+def checkpoint_label_set(path: str | Path) -> tuple[LabelSet | None, int | None]:
+    """The label set one of our checkpoints records and its class count.
+
+    Returns:
+        ``(label set, num_classes)``: the recorded definition, else the built-in set the recorded
+        name stands for (when its class count agrees), else ``None``; ``(None, None)`` for the
+        authors' files and bare state_dicts.
+
+    Raises:
+        WeightsError: the file cannot be read, or its recorded label set is malformed.
+    """
+    from rtseg_ros.datasets.labels import LABEL_SETS, LabelSet, LabelSetError
+
+    info = read_checkpoint_info(path)
+    if not info:
+        return None, None
+    classes = info.get("num_classes")
+    classes = int(classes) if isinstance(classes, int) else None
+    definition = info.get(LABEL_SET_DEFINITION)
+    if definition is not None:
+        try:
+            return LabelSet.from_dict(definition, default_name=str(info.get("label_set") or "checkpoint")), classes
+        except LabelSetError as exc:
+            raise WeightsError(f"{path}: the label set it records is malformed: {exc}") from None
+    builtin = LABEL_SETS.get(str(info.get("label_set") or "").lower())
+    if builtin is not None and classes in (None, builtin.num_classes):
+        return builtin, classes
+    return None, classes
 
 
 def weights_hash(path: str | Path) -> str:
@@ -331,13 +368,18 @@ def save_weights(
     path: str | Path,
     *,
     model_name: str,
-    label_set: str,
+    label_set: str | LabelSet,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``model``'s weights in our format, atomically (temporary file + ``os.replace``).
 
-    ``extra`` adds top-level entries (e.g. epoch, mIoU); use plain Python values and tensors so the file
-    stays readable with ``weights_only=True``.
+    ``label_set`` is recorded by name; given as a :class:`~rtseg_ros.datasets.labels.LabelSet`, the whole
+    set (names, colours, maps) is recorded too, so that the node and the evaluator serve the file's
+    classes without being told. ``extra`` adds top-level entries (e.g. epoch, mIoU); use plain Python
+    values and tensors so the file stays readable with ``weights_only=True``.
+
+    Raises:
+        ValueError: ``model_name`` is not the model's, or the label set's class count is not the model's.
     """
     if model_name != getattr(model, "model_name", None):
         raise ValueError(f"model_name {model_name!r} does not match the model ({getattr(model, 'model_name', None)!r})")
@@ -346,9 +388,13 @@ def save_weights(
         "model": model_name,
         "num_classes": int(model.num_classes),
         "scales": list(model.scales),
-        "label_set": label_set,
+        "label_set": label_set if isinstance(label_set, str) else label_set.name,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if not isinstance(label_set, str):
+        if label_set.num_classes != model.num_classes:
+            raise ValueError(f"label set {label_set.summary()} does not fit the model's {model.num_classes} classes")
+        payload[LABEL_SET_DEFINITION] = label_set.to_dict()
     clashes = sorted(set(extra or {}) & set(payload))
     if clashes:
         raise ValueError(f"extra entries would overwrite {clashes}")

@@ -37,7 +37,13 @@ from std_msgs.msg import Header
 
 from rtseg_ros.io.images import array_to_image_fields
 from rtseg_ros.names import INPUT_TRANSPORTS, NODE_NAME, Topics, TopicSpec
-from rtseg_ros.ros.interfaces import LABEL_INFO_QOS, LABEL_INFO_TYPE, describe_label_info, diagnostic_name, message_type
+from rtseg_ros.ros.interfaces import (
+    LABEL_INFO_QOS,
+    describe_label_info,
+    diagnostic_name,
+    message_type,
+    parse_label_info_meta,
+)
 from rtseg_ros.ros.node_process import NodeProcess, wait_until
 
 __all__ = ["CameraFeeder", "ClientSession", "OutputListener", "TopicStatistics"]
@@ -243,11 +249,13 @@ MessageCallback = Callable[[str, Any, float], None]
 
 
 class OutputListener(Node):
-    """Listens to the node's outputs: counts, rates and latency per topic, the latest label_info and status.
+    """Listens to the node's outputs: counts, rates and latency per topic, the latest label_info (and its
+    label_info_meta document) and status.
 
     Args:
         namespace: the segmentation node's namespace; the output topics resolve in it.
-        outputs: the output topics to listen to (label_info and /diagnostics are always heard).
+        outputs: the output topics to listen to (label_info, label_info_meta and /diagnostics are always
+            heard).
         depth: history depth of the output subscriptions (deep enough for a burst of outputs).
         keep_messages: keep every message received, with its arrival time, in :attr:`messages`.
         on_message: called as ``on_message(topic, msg, received_s)`` for each output message, ``topic``
@@ -268,18 +276,23 @@ class OutputListener(Node):
         self.messages: dict[str, list[tuple[float, Any]]] = defaultdict(list)
         self.label_info: Any | None = None
         self.label_info_count = 0
+        self.label_info_meta: dict[str, Any] | None = None
+        self.label_info_meta_count = 0
         self.status: dict[str, str] = {}
         self.status_count = 0
         self._outputs: list[Any] = []
         for spec in outputs:
-            if spec == Topics.LABEL_INFO:
+            if spec in (Topics.LABEL_INFO, Topics.LABEL_INFO_META):
                 continue
             topic = self.resolve_topic_name(spec.name)
             self.statistics[topic] = TopicStatistics()
             self._outputs.append(self.create_subscription(
                 message_type(spec), topic, lambda msg, topic=topic: self._on_output(topic, msg), _reliable(depth)))
-        self._label_info = self.create_subscription(LABEL_INFO_TYPE, Topics.LABEL_INFO.name, self._on_label_info,
-                                                    LABEL_INFO_QOS)
+        self._label_info = self.create_subscription(message_type(Topics.LABEL_INFO), Topics.LABEL_INFO.name,
+                                                    self._on_label_info, LABEL_INFO_QOS)
+        self._label_info_meta = self.create_subscription(
+            message_type(Topics.LABEL_INFO_META), Topics.LABEL_INFO_META.name, self._on_label_info_meta,
+            LABEL_INFO_QOS)
         self.node_path = f"{self.get_namespace().rstrip('/')}/{node_name}"
         self.create_subscription(DiagnosticArray, Topics.DIAGNOSTICS.name, self._on_diagnostics, 10)
 
@@ -301,19 +314,20 @@ class OutputListener(Node):
 
     @property
     def label_info_text(self) -> str:
-        """One line about the engine serving (empty before label_info arrives)."""
-        return describe_label_info(self.label_info) if self.label_info is not None else ""
+        """One line about the engine serving (empty before label_info_meta arrives)."""
+        return describe_label_info(self.label_info_meta) if self.label_info_meta is not None else ""
 
     @property
     def connected(self) -> bool:
         """True once every output topic listened to has a publisher (the node's)."""
-        return all(subscription.get_publisher_count() > 0 for subscription in self._outputs)
+        # Node.count_publishers, not Subscription.get_publisher_count: Humble's rclpy has only the former.
+        return all(self.count_publishers(subscription.topic_name) > 0 for subscription in self._outputs)
 
     @property
     def ready(self) -> bool:
-        """The node is up: its latched label_info has arrived (published once its engine is built) and
-        every output listened to is connected."""
-        return self.label_info is not None and self.connected
+        """The node is up: its latched label_info and label_info_meta have arrived (published once its
+        engine is built) and every output listened to is connected."""
+        return self.label_info is not None and self.label_info_meta is not None and self.connected
 
     def by_stamp(self, topic: str, header: Header) -> Any | None:
         """The kept message of ``topic`` (resolved name) with ``header``'s stamp, if any."""
@@ -336,6 +350,16 @@ class OutputListener(Node):
         self.label_info_count += 1
         if self.keep_messages:
             self.messages[self._label_info.topic_name].append((time.monotonic(), msg))
+
+    def _on_label_info_meta(self, msg: Any) -> None:
+        try:
+            self.label_info_meta = parse_label_info_meta(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring {self._label_info_meta.topic_name}: {exc}")
+            return
+        self.label_info_meta_count += 1
+        if self.keep_messages:
+            self.messages[self._label_info_meta.topic_name].append((time.monotonic(), msg))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         name = diagnostic_name(self.node_path)

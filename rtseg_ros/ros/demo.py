@@ -2,8 +2,13 @@
 
 The node runs in its own process, as on a robot; this process plays the camera (synthetic street
 scenes, a folder of images, a video or a rosbag2), listens to the outputs, prints input and output
-rates, latency and drops every second, and writes the last overlay (and optionally a video) at the
-end.
+rates, latency and drops every second, and writes the last overlay, a side-by-side picture (camera |
+labels | overlay, with the classes named) and optionally a video at the end.
+
+Given no weights, the demo runs the toy model (ATONet trained on the synthetic scenes by the
+``synthetic`` recipe); when it is not cached yet, the demo trains it first (a few minutes on a CPU,
+with a progress bar), keeps it for next time, and continues an interrupted training where it
+stopped. ``untrained`` skips all that and runs random weights: the pipeline and its speed only.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import itertools
 import json
 import math
 import os
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.engines import SegmenterConfig
 from rtseg_ros.io.frames import FrameSourceError, is_bag, open_frames, synthetic_frames
 from rtseg_ros.names import PARAMETERS, Topics
@@ -35,16 +43,23 @@ __all__ = [
     "DemoSettings",
     "DemoSummary",
     "TOY_WEIGHTS",
+    "TOY_RUN_DIR",
     "UNTRAINED_WARNING",
     "IMAGE_TOPIC",
     "frame_source",
     "choose_weights",
+    "demo_config",
     "demo_node_command",
+    "side_by_side",
+    "train_toy_model",
     "run_demo",
 ]
 
 # Where the ``synthetic`` training recipe leaves its toy model; the demo uses it when present.
 TOY_WEIGHTS = Path("~/.cache/rtseg_ros/models/synthetic_toy.pth").expanduser()
+# The demo trains the toy model here (resume file, logs); only the finished weights go to TOY_WEIGHTS.
+TOY_RUN_DIR = Path("~/.cache/rtseg_ros/toy_training").expanduser()
+TOY_RECIPE = "synthetic"
 IMAGE_TOPIC = "/rtseg_demo/camera/image_raw"
 SYNTHETIC_SCENES = 8
 # Far from the seeds the synthetic training recipe draws from: the toy model meets new scenes.
@@ -52,8 +67,8 @@ SYNTHETIC_FIRST_SEED = 100_000
 UNTRAINED_WARNING = (
     "!" * 78 + "\n"
     "!! NO WEIGHTS: the node runs UNTRAINED random weights. The labels and the overlay are noise;\n"
-    "!! they show the pipeline and its speed, not segmentation. Pass --weights FILE, or train the\n"
-    "!! toy model with `rtseg train synthetic`.\n" + "!" * 78
+    "!! they show the pipeline and its speed, not segmentation. Pass --weights FILE, or run\n"
+    "!! `rtseg demo` without --untrained: it trains (once) and runs the toy model.\n" + "!" * 78
 )
 
 
@@ -74,10 +89,13 @@ class DemoSettings:
         frame_size: (height, width) of synthetic frames.
         rate_hz: camera rate.
         duration_s: how long the camera publishes, after the node is up.
-        out_dir: where the overlay, the video, the node log and ``summary.json`` go.
+        out_dir: where the overlay, the side-by-side picture, the video, the node log and
+            ``summary.json`` go.
         video: also write ``overlay.mp4``.
         bag_topic: the image topic read from a rosbag2 source.
         startup_timeout_s: how long to wait for the node to build its engine.
+        untrained: run random weights, never the toy model (no training): the pipeline only.
+        toy_overrides: recipe overrides for training the toy model (``section.key=value``).
     """
 
     source: str = "synthetic"
@@ -92,6 +110,8 @@ class DemoSettings:
     video: bool = False
     bag_topic: str = "/camera/image_raw"
     startup_timeout_s: float = 180.0
+    untrained: bool = False
+    toy_overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -109,6 +129,8 @@ class DemoSummary:
     weights: str = ""
     weights_note: str = ""
     overlay_png: str = ""
+    side_by_side_png: str = ""
+    toy_training_s: float = 0.0
     overlay_video: str = ""
     node_log: str = ""
     node_command: list[str] = field(default_factory=list)
@@ -173,8 +195,8 @@ def choose_weights(weights: str | None) -> tuple[str | None, str]:
     return None, "UNTRAINED random weights"
 
 
-def demo_node_command(settings: DemoSettings, weights: str | None) -> list[str]:
-    """The command line that starts the segmentation node for ``settings``.
+def demo_config(settings: DemoSettings, weights: str | None) -> tuple[SegmenterConfig, Path]:
+    """The node's engine settings for ``settings`` and the parameter file they start from.
 
     The engine is the config file's, with the chosen weights, what our checkpoint records and the
     demo's overrides on top; the file's other settings (confidence encoding, overlay ...) stay.
@@ -197,19 +219,135 @@ def demo_node_command(settings: DemoSettings, weights: str | None) -> list[str]:
         engine["model"] = settings.model
     if settings.input_size:
         engine["input_height"], engine["input_width"] = settings.input_size
-    return node_command(SegmenterConfig.from_parameters(engine), node_settings={"qos_reliability": "reliable"},
+    return SegmenterConfig.from_parameters(engine), config_path
+
+
+def demo_node_command(settings: DemoSettings, weights: str | None) -> list[str]:
+    """The command line that starts the segmentation node for ``settings`` (see :func:`demo_config`)."""
+    config, config_path = demo_config(settings, weights)
+    return node_command(config, node_settings={"qos_reliability": "reliable"},
                         remaps={Topics.IMAGE.name: IMAGE_TOPIC}, params_file=config_path)
 
 
+def train_toy_model(echo: Callable[[str], None] = print, overrides: tuple[str, ...] = ()) -> Path:
+    """Train the toy model into :data:`TOY_WEIGHTS` (the ``synthetic`` recipe), continuing an interrupted run.
+
+    The training runs in :data:`TOY_RUN_DIR` with a progress bar (iterations, rate, time left).
+    Only the finished weights are copied, atomically, to ``TOY_WEIGHTS``: a Ctrl-C leaves no
+    half-written model, and the run's resume file lets the next call continue where it stopped.
+
+    Raises:
+        DemoError: the training was interrupted or failed; the message says what is kept.
+    """
+    from rtseg_ros.training.checkpoints import RESUME_FILE
+    from rtseg_ros.training.recipe import load_recipe
+    from rtseg_ros.training.trainer import run_training
+
+    run_dir = TOY_RUN_DIR
+    recipe = load_recipe(TOY_RECIPE, (f"output.dir={run_dir}", f"output.weights={TOY_WEIGHTS}",
+                                      "output.tensorboard=false", *overrides))
+    resume = run_dir / RESUME_FILE
+    iterations = recipe["train"]["iterations"]
+    if resume.is_file():
+        echo(f"continuing the toy model's training from {resume} (stopped before; {iterations} iterations in all)")
+    else:
+        echo(f"no toy model yet: training it once ({iterations} iterations of ATONet on synthetic street scenes, "
+             f"a few minutes on a CPU; Ctrl-C stops it, the next `rtseg demo` continues). Cached as {TOY_WEIGHTS}; "
+             "--untrained skips this and runs random weights.")
+    _quiet_training_logs()
+    try:
+        result = run_training(recipe, resume=resume if resume.is_file() else None)
+    except KeyboardInterrupt:
+        kept = f"the next `rtseg demo` continues from {resume}" if resume.is_file() else "nothing was kept"
+        raise DemoError(f"toy model training interrupted: no toy model cached; {kept} "
+                        "(or run `rtseg demo --untrained`)") from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise DemoError(f"cannot train the toy model: {type(exc).__name__}: {exc}") from None
+    if result.final_weights is None or not TOY_WEIGHTS.is_file():
+        raise DemoError(f"the toy model training stopped at iteration {result.iteration} without weights")
+    echo(f"toy model ready: {TOY_WEIGHTS} (validation mIoU {result.last_miou:.3f}, {result.seconds:.0f} s)")
+    shutil.rmtree(run_dir, ignore_errors=True)  # the weights are kept in TOY_WEIGHTS; the run is done
+    return TOY_WEIGHTS
+
+
+def _quiet_training_logs() -> None:
+    """Show the trainer's one-line summaries (not the debug chatter) above its progress bar."""
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("rtseg_ros.training").setLevel(logging.INFO)
+
+
+# Panels of the side-by-side picture: a title bar above each, a legend of the classes seen below.
+_TITLE_H = 22
+_LEGEND_ROW_H = 22
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def side_by_side(camera_rgb: np.ndarray, labels: np.ndarray, overlay_rgb: np.ndarray, label_set: LabelSet,
+                 ) -> np.ndarray:
+    """camera | labels (in the label set's colours) | overlay, titled, over a legend naming the classes seen.
+
+    The legend lists the classes present in ``labels``, most pixels first, with their share of the frame.
+    All inputs are brought to the labels' size; the result is RGB.
+    """
+    height, width = labels.shape
+    panels = [cv2.resize(camera_rgb, (width, height), interpolation=cv2.INTER_AREA),
+              label_set.colorize(labels),
+              cv2.resize(overlay_rgb, (width, height), interpolation=cv2.INTER_NEAREST)]
+    titled = []
+    for title, panel in zip(("camera", "labels", "overlay"), panels):
+        bar = np.full((_TITLE_H, width, 3), 255, np.uint8)
+        cv2.putText(bar, title, (6, _TITLE_H - 7), _FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        titled.append(np.vstack([bar, panel]))
+    top = np.hstack(titled)
+    ids, counts = np.unique(labels, return_counts=True)
+    seen = [(int(i), int(c)) for i, c in sorted(zip(ids, counts), key=lambda item: -item[1])
+            if int(i) < label_set.num_classes]
+    entries = [(label_set.colors[i], f"{label_set.class_names[i]} {100.0 * c / labels.size:.0f}%") for i, c in seen]
+    return np.vstack([top, _legend(entries, top.shape[1])])
+
+
+def _legend(entries: list[tuple[tuple[int, int, int], str]], width: int) -> np.ndarray:
+    """Rows of colour swatches and names, as many per row as fit ``width``."""
+    rows: list[list[tuple[tuple[int, int, int], str, int]]] = [[]]
+    x = 6
+    for color, text in entries:
+        (text_w, _), _ = cv2.getTextSize(text, _FONT, 0.45, 1)
+        item_w = 18 + text_w + 16
+        if x + item_w > width and rows[-1]:
+            rows.append([])
+            x = 6
+        rows[-1].append((color, text, x))
+        x += item_w
+    legend = np.full((_LEGEND_ROW_H * len(rows) + 4, width, 3), 255, np.uint8)
+    for row_index, row in enumerate(rows):
+        y = row_index * _LEGEND_ROW_H + 4
+        for color, text, x in row:
+            cv2.rectangle(legend, (x, y + 2), (x + 14, y + 16), tuple(int(v) for v in color), -1)
+            cv2.rectangle(legend, (x, y + 2), (x + 14, y + 16), (0, 0, 0), 1)
+            cv2.putText(legend, text, (x + 18, y + 14), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return legend
+
+
 def _checkpoint_settings(weights: str) -> dict[str, object]:
-    """Model, label set and scales recorded in one of our checkpoints (nothing for other files)."""
-    from rtseg_ros.nets.checkpoint import read_checkpoint_info
+    """Model, label set and scales recorded in one of our checkpoints (nothing for other files).
+
+    A label set recorded whole (from a file) is not named: the node's empty ``label_set`` takes it
+    from the checkpoint.
+    """
+    from rtseg_ros.names import LABEL_SET_NAMES
+    from rtseg_ros.nets.checkpoint import LABEL_SET_DEFINITION, read_checkpoint_info
 
     info = read_checkpoint_info(weights)
     settings: dict[str, object] = {}
-    for key in ("model", "label_set"):
-        if isinstance(info.get(key), str):
-            settings[key] = info[key]
+    if isinstance(info.get("model"), str):
+        settings["model"] = info["model"]
+    if info.get("label_set") in LABEL_SET_NAMES:
+        settings["label_set"] = info["label_set"]
+    elif LABEL_SET_DEFINITION in info:
+        settings["label_set"] = ""
     if info.get("model") == "mfaranet" and info.get("scales"):
         settings["scales"] = [int(s) for s in info["scales"]]
     return settings
@@ -223,15 +361,30 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     """
     if settings.rate_hz <= 0 or settings.duration_s <= 0:
         raise DemoError("rate and duration must be positive")
+    if settings.untrained and settings.weights:
+        raise DemoError("untrained runs random weights; it does not go with weights")
     frames = frame_source(settings)
-    weights, note = choose_weights(settings.weights)
+    toy_training_s = 0.0
+    if settings.untrained:
+        weights, note = None, "UNTRAINED random weights"
+    else:
+        if not settings.weights and not TOY_WEIGHTS.is_file():
+            started = time.monotonic()
+            train_toy_model(echo, settings.toy_overrides)
+            toy_training_s = time.monotonic() - started
+        weights, note = choose_weights(settings.weights)
     echo(UNTRAINED_WARNING if weights is None else note)
     os.environ.update(loopback_dds_environment(os.environ))
     out_dir = settings.out_dir.expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
+    config, _ = demo_config(settings, weights)
+    try:
+        label_set = config.resolved_label_set()  # the node's classes: the side-by-side legend names them
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
     command = demo_node_command(settings, weights)
     summary = DemoSummary(weights=weights or "", weights_note=note, node_command=command,
-                          node_log=str(out_dir / "node.log"))
+                          node_log=str(out_dir / "node.log"), toy_training_s=toy_training_s)
 
     # Imported here so that `rtseg demo --help` and the settings checks above need no ROS.
     from rtseg_ros.ros.demo_client import DemoClient
@@ -253,6 +406,10 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
                 if overlay is not None:
                     summary.overlay_png = str(out_dir / "overlay.png")
                     cv2.imwrite(summary.overlay_png, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                if client.last_matched is not None:
+                    summary.side_by_side_png = str(out_dir / "side_by_side.png")
+                    picture = side_by_side(*client.last_matched, label_set)
+                    cv2.imwrite(summary.side_by_side_png, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
                 if client.video_frames:
                     summary.overlay_video = str(out_dir / "overlay.mp4")
     except NodeExitedError as exc:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from rclpy.time import Time
 
-from rtseg_ros.io.images import image_msg_to_array
+from rtseg_ros.io.images import image_msg_to_array, label_msg_to_array
 from rtseg_ros.names import Topics
 from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
 
@@ -22,6 +22,8 @@ CAMERA_FRAME_ID = "rtseg_demo_camera"
 DRAIN_S = 2.0
 # A stalled node must not blow the video up: one overlay fills at most this many video frames.
 MAX_VIDEO_REPEATS = 50
+# Camera frames, labels and overlays kept (by stamp) to match the three of one frame.
+MATCH_WINDOW = 16
 
 
 class DemoClient:
@@ -48,7 +50,11 @@ class DemoClient:
             namespace=namespace, outputs=(Topics.LABELS, Topics.OVERLAY), on_message=self._on_output,
             listener_name="rtseg_demo_listener", context=context))
         self._labels = self.listener.stats(Topics.LABELS)
+        self._labels_topic = self.listener.topic(Topics.LABELS)
         self._overlay_topic = self.listener.topic(Topics.OVERLAY)
+        # By stamp: camera frames sent (RGB), labels and overlays received, until the three meet.
+        self._pending: dict[str, dict[int, np.ndarray]] = {"camera": {}, "labels": {}, "overlay": {}}
+        self.last_matched: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # camera, labels, overlay
         self._frames = frames
         self._period = 1.0 / rate_hz
         self._video_path = video
@@ -89,7 +95,9 @@ class DemoClient:
         while (now := time.monotonic()) < start + duration_s:
             check()
             if now >= next_frame:
-                self.feeder.publish_frame(*next(self._frames))
+                image, order = next(self._frames)
+                header = self.feeder.publish_frame(image, order)
+                self._keep("camera", header.stamp, image if order == "rgb" else image[..., ::-1])
                 # Skip missed ticks rather than bursting to catch up.
                 next_frame = max(next_frame + self._period, now)
             if now >= last_report + 1.0:
@@ -126,10 +134,24 @@ class DemoClient:
     def _on_output(self, topic: str, msg: Any, received_s: float) -> None:
         if topic == self._overlay_topic:
             self._on_overlay(msg)
+        elif topic == self._labels_topic:
+            self._keep("labels", msg.header.stamp, label_msg_to_array(msg).copy())
+
+    def _keep(self, kind: str, stamp: Any, array: np.ndarray) -> None:
+        """Keep one part of a frame by stamp; when camera, labels and overlay are in, that frame is the last matched."""
+        key = Time.from_msg(stamp).nanoseconds
+        parts = self._pending[kind]
+        parts[key] = array
+        while len(parts) > MATCH_WINDOW:
+            parts.pop(next(iter(parts)))
+        if all(key in self._pending[k] for k in ("camera", "labels", "overlay")):
+            self.last_matched = (self._pending["camera"][key], self._pending["labels"][key],
+                                 self._pending["overlay"][key])
 
     def _on_overlay(self, msg: Any) -> None:
         overlay, _ = image_msg_to_array(msg)
         self.last_overlay = overlay.copy()
+        self._keep("overlay", msg.header.stamp, self.last_overlay)
         if self._video_path is None:
             return
         if self._video is None:

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import math
+import platform
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-__all__ = ["FrameStatistics", "StatisticsReport", "diagnostic_status"]
+__all__ = ["FrameStatistics", "StatisticsReport", "device_name", "diagnostic_status"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class StatisticsReport:
     bad: int
     failed: int
     bad_in_period: int
+    failed_in_period: int = 0
+    published_in_period: int = 0
+    # Seconds since the latest frame arrived; None before the first one.
+    since_last_frame_s: float | None = None
 
 
 class FrameStatistics:
@@ -40,14 +47,16 @@ class FrameStatistics:
         self._lock = threading.Lock()
         self._received = self._published = self._dropped = self._bad = self._failed = 0
         self._period_start = time.monotonic()
-        self._period_received = self._period_published = self._period_bad = 0
+        self._period_received = self._period_published = self._period_bad = self._period_failed = 0
         self._period_latencies: list[float] = []
+        self._last_frame: float | None = None
 
     def frame_received(self, displaced_pending: bool) -> None:
         """A frame arrived; ``displaced_pending`` if it replaced one still waiting (a drop)."""
         with self._lock:
             self._received += 1
             self._period_received += 1
+            self._last_frame = time.monotonic()
             self._dropped += int(displaced_pending)
 
     def frame_bad(self) -> None:
@@ -60,6 +69,7 @@ class FrameStatistics:
         """Inference on a decoded frame raised."""
         with self._lock:
             self._failed += 1
+            self._period_failed += 1
 
     def frame_published(self, latency_s: float) -> None:
         """A frame's outputs went out, ``latency_s`` after its stamp."""
@@ -86,20 +96,26 @@ class FrameStatistics:
                 bad=self._bad,
                 failed=self._failed,
                 bad_in_period=self._period_bad,
+                failed_in_period=self._period_failed,
+                published_in_period=self._period_published,
+                since_last_frame_s=None if self._last_frame is None else now - self._last_frame,
             )
             self._period_start = now
-            self._period_received = self._period_published = self._period_bad = 0
+            self._period_received = self._period_published = self._period_bad = self._period_failed = 0
             self._period_latencies = []
         return report
 
 
 def diagnostic_status(
-    name: str, report: StatisticsReport, engine: dict[str, str], engine_state: str, engine_error: str
+    name: str, report: StatisticsReport, engine: dict[str, str], engine_state: str, engine_error: str,
+    *, image_timeout_s: float = math.inf, hardware_id: str = "",
 ) -> DiagnosticStatus:
     """One DiagnosticStatus for the node.
 
-    Level is WARN while frames are being rejected or the last engine rebuild failed, else OK.
-    Values are strings as diagnostic_msgs requires; latency is ``nan`` in a period without output.
+    Level: ERROR while inference fails on every frame of the period; WARN when some frames fail, frames
+    are rejected, no frame has come for ``image_timeout_s`` after the first one (the camera stopped),
+    or the last engine rebuild failed; else OK (also while waiting for the first frame). Values are
+    strings as diagnostic_msgs requires; latency is ``nan`` in a period without output.
 
     Args:
         name: status name, conventionally ``<node name>: <what>``.
@@ -107,18 +123,29 @@ def diagnostic_status(
         engine: descriptive key/values of the engine in service (model, backend, precision, ...).
         engine_state: the swapper's state.
         engine_error: reason of the last failed rebuild, if any.
+        image_timeout_s: seconds without a frame, after the first, before the status warns.
+        hardware_id: the device the engine runs on (:func:`device_name`); the device setting if empty.
     """
-    problems = []
+    errors, warnings = [], []
+    if report.failed_in_period:
+        failures = f"inference failed on {report.failed_in_period} frame(s) in the last {report.period_s:.1f} s"
+        (warnings if report.published_in_period else errors).append(failures)
+    if report.since_last_frame_s is not None and report.since_last_frame_s > image_timeout_s:
+        warnings.append(f"no image for {report.since_last_frame_s:.1f} s (image_timeout {image_timeout_s:g} s): "
+                        "has the camera stopped?")
     if report.bad_in_period:
-        problems.append(f"{report.bad_in_period} bad frame(s) in the last {report.period_s:.1f} s")
+        warnings.append(f"{report.bad_in_period} bad frame(s) in the last {report.period_s:.1f} s")
     if engine_error:
-        problems.append(f"engine rebuild failed: {engine_error}")
-    if problems:
-        level, message = DiagnosticStatus.WARN, "; ".join(problems)
+        warnings.append(f"engine rebuild failed: {engine_error}")
+    if errors:
+        level, message = DiagnosticStatus.ERROR, "; ".join(errors + warnings)
+    elif warnings:
+        level, message = DiagnosticStatus.WARN, "; ".join(warnings)
     elif report.received == 0:
         level, message = DiagnosticStatus.OK, "waiting for images"
     else:
         level, message = DiagnosticStatus.OK, f"{engine_state}, {report.output_rate_hz:.1f} Hz"
+    since = report.since_last_frame_s
     values = {
         "input_rate_hz": f"{report.input_rate_hz:.2f}",
         "output_rate_hz": f"{report.output_rate_hz:.2f}",
@@ -129,6 +156,7 @@ def diagnostic_status(
         "frames_dropped": str(report.dropped),
         "frames_bad": str(report.bad),
         "frames_failed": str(report.failed),
+        "since_last_frame_s": "nan" if since is None else f"{since:.1f}",
         "engine_state": engine_state,
         **engine,
     }
@@ -136,6 +164,45 @@ def diagnostic_status(
         level=level,
         name=name,
         message=message,
-        hardware_id=engine.get("device", ""),
+        hardware_id=hardware_id or engine.get("device", ""),
         values=[KeyValue(key=key, value=value) for key, value in values.items()],
     )
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (x86: /proc/cpuinfo; ARM boards such as a Jetson: the device-tree model)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    try:
+        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
+        if model:
+            return model
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@lru_cache(maxsize=None)
+def device_name(device: str) -> str:
+    """What ``hardware_id`` says for an engine's ``device`` setting: the GPU's name or the CPU's model.
+
+    ``cuda``/``cuda:N`` asks torch for the GPU's name (torch is loaded in the node already); other
+    devices (openvino's gpu/npu) are named by the setting. Never raises: an unknown device is named
+    by its setting.
+    """
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            index = int(device.partition(":")[2] or torch.cuda.current_device())
+            return f"{torch.cuda.get_device_name(index)} ({device})"
+        except Exception:  # noqa: BLE001 - a status line must not fail; the setting still names it
+            return device
+    if device == "cpu":
+        return f"{_cpu_model()} (cpu)"
+    return device

@@ -12,28 +12,27 @@ from functools import lru_cache
 from typing import Any
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import String
 
-from rtseg_ros.names import QosSpec, Topics, TopicSpec
-
-try:  # vision_msgs is optional: the JSON label_info stands in where it is missing.
-    from vision_msgs.msg import LabelInfo, VisionClass
-except ImportError:
-    LabelInfo = VisionClass = None
+from rtseg_ros.names import PACKAGE, QosSpec, Topics, TopicSpec
 
 __all__ = [
     "LABEL_INFO_QOS",
-    "LABEL_INFO_TYPE",
-    "LabelInfo",
-    "VisionClass",
+    "VisionMsgsMissing",
     "describe_label_info",
     "diagnostic_name",
+    "label_info_message",
     "message_type",
+    "parse_label_info_meta",
     "qos_profile",
+    "vision_msgs_classes",
 ]
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}
+
+
+class VisionMsgsMissing(ImportError):
+    """vision_msgs, whose LabelInfo the node publishes on label_info, is not installed."""
 
 
 def qos_profile(spec: QosSpec, depth: int | None = None) -> QoSProfile:
@@ -56,25 +55,53 @@ def _import_message(msg_type: str) -> type:
     return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
+def vision_msgs_classes() -> tuple[type, type]:
+    """``(LabelInfo, VisionClass)`` of vision_msgs.
+
+    Raises:
+        VisionMsgsMissing: vision_msgs is not installed; the message says how to install it.
+    """
+    try:
+        from vision_msgs.msg import LabelInfo, VisionClass
+    except ImportError as exc:
+        raise VisionMsgsMissing(
+            f"vision_msgs is not installed ({exc}); {Topics.LABEL_INFO.name} is a vision_msgs/msg/LabelInfo. "
+            f"Install it with rosdep (rosdep install --from-paths <workspace>/src --ignore-src -y, {PACKAGE}'s "
+            "package.xml lists it) or apt (ros-$ROS_DISTRO-vision-msgs), or build it from source in the "
+            "workspace") from None
+    return LabelInfo, VisionClass
+
+
 def message_type(spec: TopicSpec) -> type:
     """The message class of a topic of the node.
 
-    ``label_info`` is ``vision_msgs/LabelInfo`` where vision_msgs is installed and a ``std_msgs/String``
-    of JSON otherwise (:data:`LABEL_INFO_TYPE`), as the node publishes it on this machine.
-
     Raises:
+        VisionMsgsMissing: the topic is label_info and vision_msgs is not installed.
         ImportError: the topic's message package is not installed.
     """
     if spec == Topics.LABEL_INFO:
-        return LABEL_INFO_TYPE
+        return vision_msgs_classes()[0]
     try:
         return _import_message(spec.msg_type)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ImportError(f"message type {spec.msg_type} of topic {spec.name!r} is not available: {exc}") from None
 
 
-LABEL_INFO_TYPE: type = LabelInfo if LabelInfo is not None else String
 LABEL_INFO_QOS: QoSProfile = qos_profile(Topics.LABEL_INFO.qos)
+
+
+def label_info_message(class_names: list[str] | tuple[str, ...], threshold: float = 0.0) -> Any:
+    """The ``vision_msgs/LabelInfo`` of a label set: class ids 0..N-1 with their names.
+
+    ``threshold`` is 0: the node publishes every pixel's most likely class whatever its probability
+    (the confidence image carries the probability).
+
+    Raises:
+        VisionMsgsMissing: vision_msgs is not installed.
+    """
+    label_info, vision_class = vision_msgs_classes()
+    return label_info(class_map=[vision_class(class_id=i, class_name=name) for i, name in enumerate(class_names)],
+                      threshold=float(threshold))
 
 
 def diagnostic_name(node_path: str) -> str:
@@ -82,11 +109,23 @@ def diagnostic_name(node_path: str) -> str:
     return f"{node_path}: segmentation"
 
 
-def describe_label_info(msg: Any) -> str:
-    """One line about the engine a label_info message announces (what the demo prints when the node is up)."""
-    if LabelInfo is not None and isinstance(msg, LabelInfo):
-        return f"{len(msg.class_map)} classes"
-    info = json.loads(msg.data)
-    height, width = info["input_size"]
-    return (f"{info['model']} on {info['label_set']} ({info['num_classes']} classes), input {height}x{width}, "
-            f"{info['backend']}/{info['precision']} on {info['device']}")
+def describe_label_info(document: dict[str, Any]) -> str:
+    """One line about the engine a label_info_meta document announces (what the demo prints when the node is up)."""
+    height, width = document["input_size"]
+    return (f"{document['model']} on {document['label_set']} ({document['num_classes']} classes), input "
+            f"{height}x{width}, {document['backend']}/{document['precision']} on {document['device']}")
+
+
+def parse_label_info_meta(msg: Any) -> dict[str, Any]:
+    """The JSON document of a label_info_meta ``std_msgs/String``.
+
+    Raises:
+        ValueError: the text is not a label_info document.
+    """
+    try:
+        document = json.loads(msg.data)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a label_info_meta document: {exc}") from None
+    if not isinstance(document, dict) or "format" not in document:
+        raise ValueError("not a label_info_meta document: no 'format' key")
+    return document

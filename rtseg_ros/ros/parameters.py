@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 
 from rtseg_ros.engines import ConfigError, SegmenterConfig
@@ -21,8 +22,11 @@ __all__ = [
     "ENGINE_PARAMETERS",
     "PARAMETERS",
     "ParameterError",
+    "allowed_values",
+    "check_value",
     "declare_parameters",
     "descriptor",
+    "parse_override",
     "read_parameters",
     "validate_parameters",
 ]
@@ -52,9 +56,98 @@ def descriptor(name: str, spec: ParameterSpec | None = None) -> ParameterDescrip
 
 
 def declare_parameters(node: Node) -> None:
-    """Declare every parameter of :data:`PARAMETERS` on ``node`` with its descriptor."""
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` with its descriptor.
+
+    Raises:
+        ParameterError: a value given at start-up (``-p``, a params file) of the wrong type or out of
+            range; the message names the parameter, the value and what is allowed.
+    """
     for name, spec in PARAMETERS.items():
-        node.declare_parameter(name, spec.default, descriptor(name, spec))
+        try:
+            node.declare_parameter(name, spec.default, descriptor(name, spec))
+        except ParameterException as exc:
+            raise ParameterError(f"{exc}; {name} takes {allowed_values(spec)}") from None
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+def allowed_values(spec: ParameterSpec) -> str:
+    """What a parameter accepts, in words (``an integer in [32, 8192], a multiple of 32``)."""
+    if isinstance(spec.default, list):
+        text = "a list of integers"
+    else:
+        text = _TYPE_NAMES[type(spec.default)]
+    if spec.choices:
+        return f"one of {', '.join(spec.choices)}"
+    if spec.integer_range is not None:
+        low, high = spec.integer_range
+        text += f" in [{low}, {high}]" if isinstance(spec.default, int) else f", each in [{low}, {high}], no repeats"
+        if spec.integer_step:
+            text += f", a multiple of {spec.integer_step}"
+    if spec.float_range is not None:
+        text += f" in [{spec.float_range[0]}, {spec.float_range[1]}]"
+    return text
+
+
+def check_value(name: str, value: Any, spec: ParameterSpec | None = None) -> Any:
+    """``value`` checked against parameter ``name``'s type, choices, range and step; returns it in the
+    parameter's type (an integer given for a floating-point parameter becomes a float, as rclpy wants).
+
+    This is what the launch file runs on its arguments before the node starts, so a wrong override
+    ends the launch with one line instead of a traceback from the node.
+
+    Raises:
+        ParameterError: naming the parameter, the value and what is allowed.
+    """
+    spec = spec or PARAMETERS[name]
+    default = spec.default
+
+    def fail() -> ParameterError:
+        return ParameterError(f"parameter {name}: {value!r} is not allowed; it takes {allowed_values(spec)}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise fail()
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail()
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise fail()
+    elif isinstance(default, list):
+        if not isinstance(value, (list, tuple)) or not value or any(
+                isinstance(item, bool) or not isinstance(item, int) for item in value):
+            raise fail()
+        value = list(value)
+        if len(set(value)) != len(value):
+            raise fail()
+    try:
+        _check_constraints(name, spec, value)
+    except ParameterError:
+        raise fail() from None
+    if spec.integer_step and spec.integer_range is not None and isinstance(value, int):
+        if (value - spec.integer_range[0]) % spec.integer_step:
+            raise fail()
+    return value
+
+
+def parse_override(name: str, text: str) -> Any:
+    """A parameter value typed as text (a launch argument) parsed like a params file, then checked.
+
+    Raises:
+        ParameterError: text that does not parse, or a value :func:`check_value` refuses.
+    """
+    spec = PARAMETERS[name]
+    try:
+        value = spec.parse(text)
+    except Exception:  # noqa: BLE001 - yaml's errors: the message below says what is wanted
+        raise ParameterError(f"parameter {name}: {text!r} does not parse; it takes {allowed_values(spec)}") from None
+    return check_value(name, value, spec)
 
 
 def read_parameters(node: Node) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Topics (relative names, so a namespace or remap moves them):
   ``camera_info`` (sensor_msgs/CameraInfo, optional)
 * out ``segmentation/labels`` (mono8 class ids), ``segmentation/confidence`` (32FC1 or mono8),
   ``segmentation/overlay`` (rgb8), ``segmentation/camera_info`` (scaled to the label image),
-  ``segmentation/label_info`` (transient local), and ``/diagnostics`` once a second.
+  ``segmentation/label_info`` (vision_msgs/LabelInfo, transient local), ``segmentation/label_info_meta``
+  (std_msgs/String, transient local), and ``/diagnostics`` once a second.
 
 Every output carries the input frame's header. The node only wires: decoding is
 ``rtseg_ros.io.images``, inference the ``Segmenter``, threading ``engines.serving``, the overlay ``io.overlay``.
@@ -14,8 +15,10 @@ Every output carries the input frame's header. The node only wires: decoding is
 Topic names, types and QoS are :class:`rtseg_ros.names.Topics`; parameters are
 :data:`rtseg_ros.names.PARAMETERS`.
 
-``label_info`` is ``vision_msgs/LabelInfo`` where vision_msgs is installed. Otherwise it is a
-``std_msgs/String`` holding JSON (:meth:`SegmenterConfig.label_info_fields`)::
+``label_info`` is always ``vision_msgs/LabelInfo`` (class ids and names, ``threshold`` 0); without
+vision_msgs the node does not start (exit code 2). What LabelInfo has no field for goes in the
+latched companion ``label_info_meta``, a ``std_msgs/String`` holding JSON
+(:meth:`SegmenterConfig.label_info_fields`), re-published with label_info after every engine swap::
 
     {"format": "rtseg_ros/label_info/1", "label_set": "cityscapes", "num_classes": 19,
      "ignore_index": 255, "classes": [{"id": 0, "name": "road", "color": [128, 64, 128]}, ...],
@@ -29,10 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
+import threading
+import time
 from typing import Any
 
+import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -42,27 +49,31 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
-from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from rtseg_ros.engines import Segmenter, SegmenterConfig
 from rtseg_ros.engines.serving import EngineSwapper, LatestFrameWorker
-from rtseg_ros.io.images import (
-    ImageDecodeError,
-    array_to_image_fields,
-    compressed_msg_to_array,
-    image_msg_to_array,
-)
+from rtseg_ros.engines.variant_build import build_in_child
+from rtseg_ros.io.images import ImageDecodeError
 from rtseg_ros.io.overlay import overlay_labels
 from rtseg_ros.names import LABEL_INFO_FORMAT, NODE_NAME, Topics
-from rtseg_ros.ros.diagnostics import FrameStatistics, diagnostic_status
+from rtseg_ros.ros.diagnostics import FrameStatistics, device_name, diagnostic_status
+from rtseg_ros.ros.frame_path import (
+    CameraInfoHistory,
+    DecodedFrame,
+    FrameDecoder,
+    OutputEncoder,
+    ScaledCameraInfos,
+    header_message,
+    scale_camera_info,
+)
 from rtseg_ros.ros.interfaces import (
     LABEL_INFO_QOS,
-    LABEL_INFO_TYPE,
-    LabelInfo,
-    VisionClass,
+    VisionMsgsMissing,
     diagnostic_name,
+    label_info_message,
+    message_type,
     qos_profile,
 )
 from rtseg_ros.ros.parameters import (
@@ -76,7 +87,6 @@ from rtseg_ros.ros.parameters import (
 __all__ = [
     "LABEL_INFO_FORMAT",
     "LABEL_INFO_QOS",
-    "LABEL_INFO_TYPE",
     "SegmentationNode",
     "StartupError",
     "diagnostic_name",
@@ -92,45 +102,41 @@ class StartupError(RuntimeError):
     """The node cannot start with its parameters; the message says what to change."""
 
 
-def scale_camera_info(info: CameraInfo, width: int, height: int, header: Header) -> CameraInfo:
-    """A new CameraInfo for ``info``'s camera resampled to ``width`` x ``height``, with ``header``.
-
-    Intrinsics, projection and ROI are scaled; ``info`` itself is left untouched (it is reused for
-    later frames).
-    """
-    sx = width / info.width if info.width else 1.0
-    sy = height / info.height if info.height else 1.0
-    k = list(info.k)
-    k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
-    p = list(info.p)
-    p[0], p[2], p[3], p[5], p[6] = p[0] * sx, p[2] * sx, p[3] * sx, p[5] * sy, p[6] * sy
-    roi = RegionOfInterest(
-        x_offset=round(info.roi.x_offset * sx), y_offset=round(info.roi.y_offset * sy),
-        width=round(info.roi.width * sx), height=round(info.roi.height * sy), do_rectify=info.roi.do_rectify)
-    return CameraInfo(
-        header=header, height=height, width=width, distortion_model=info.distortion_model, d=info.d, k=k, r=info.r,
-        p=p, binning_x=info.binning_x, binning_y=info.binning_y, roi=roi)
-
-
 class SegmentationNode(Node):
     """Semantic segmentation of a camera stream with a latest-frame policy.
 
     Raises:
-        StartupError: invalid parameters, or weights that are missing or do not fit the model.
+        StartupError: invalid parameters (of the wrong type too), weights that are missing or do not fit
+            the model, or vision_msgs missing.
     """
 
     def __init__(self, **node_options: Any) -> None:
         super().__init__(NODE_NAME, **node_options)
-        declare_parameters(self)
-        values = read_parameters(self)
         try:
+            label_info_type = message_type(Topics.LABEL_INFO)
+        except VisionMsgsMissing as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            declare_parameters(self)
+            values = read_parameters(self)
             config = validate_parameters(values)
         except ParameterError as exc:
             raise StartupError(str(exc)) from None
+        self._image_timeout_s = float(values["image_timeout"])
+        self._hardware_id = device_name(config.device)
         self._confidence_encoding: str = values["confidence_encoding"]
         self._publish_overlay: bool = values["publish_overlay"]
         self._overlay_alpha: float = float(values["overlay_alpha"])
-        self._camera_info: CameraInfo | None = None
+        self._camera_infos = CameraInfoHistory()
+        self._scaled_camera_info = ScaledCameraInfos()
+        self._outputs = OutputEncoder()
+        # (frame size, with confidence) of every frame kind served or announced; each new engine builds them all.
+        camera_size = (int(values["camera_height"]), int(values["camera_width"]))
+        first_size = camera_size if all(camera_size) else (config.input_height, config.input_width)
+        self._variants: frozenset[tuple[tuple[int, int], bool]] = frozenset({(first_size, False)})
+        self._failed_variants: set[tuple[tuple[int, int], bool]] = set()
+        self._last_requested: tuple[tuple[int, int], bool] = (first_size, False)
+        self._fallbacks_logged: set[tuple[tuple[int, int], bool]] = set()
         self._stats = FrameStatistics()
 
         depth = values["qos_depth"]
@@ -142,9 +148,12 @@ class SegmentationNode(Node):
         self._overlay_pub = self.create_publisher(Image, Topics.OVERLAY.name, qos_profile(Topics.OVERLAY.qos, depth))
         self._camera_info_pub = self.create_publisher(
             CameraInfo, Topics.OUTPUT_CAMERA_INFO.name, qos_profile(Topics.OUTPUT_CAMERA_INFO.qos, depth))
-        self._label_info_pub = self.create_publisher(LABEL_INFO_TYPE, Topics.LABEL_INFO.name, LABEL_INFO_QOS)
+        self._label_info_pub = self.create_publisher(label_info_type, Topics.LABEL_INFO.name, LABEL_INFO_QOS)
+        self._label_info_meta_pub = self.create_publisher(
+            message_type(Topics.LABEL_INFO_META), Topics.LABEL_INFO_META.name, qos_profile(Topics.LABEL_INFO_META.qos))
         self._diagnostics_pub = self.create_publisher(
             DiagnosticArray, Topics.DIAGNOSTICS.name, qos_profile(Topics.DIAGNOSTICS.qos))
+        self._timings_pub = self.create_publisher(String, Topics.TIMINGS.name, qos_profile(Topics.TIMINGS.qos))
 
         if config.weights is None:
             self.get_logger().warning(
@@ -154,17 +163,22 @@ class SegmentationNode(Node):
                 self._build_segmenter, config, on_swap=self._on_engine_swapped, on_failure=self._on_engine_failed)
         except (ValueError, OSError) as exc:
             raise StartupError(_engine_error_message(config, exc)) from None
-        self._worker: LatestFrameWorker[Image | CompressedImage] = LatestFrameWorker(self._process_frame)
+        self._worker: LatestFrameWorker[tuple[bytes, int]] = LatestFrameWorker(self._process_frame)
 
-        if values["input_transport"] == "compressed":
-            self._decode = compressed_msg_to_array
-            self.create_subscription(CompressedImage, Topics.COMPRESSED_IMAGE.name, self._on_image, camera_qos)
-        else:
-            self._decode = image_msg_to_array
-            self.create_subscription(Image, Topics.IMAGE.name, self._on_image, camera_qos)
-        self.create_subscription(CameraInfo, Topics.CAMERA_INFO.name, self._on_camera_info, camera_qos)
-        self.add_on_set_parameters_callback(self._validate_parameter_change)
-        self.add_post_set_parameters_callback(self._apply_parameter_change)
+        # raw=True: the callback gets the serialised message, which the worker reads in place (frame_path).
+        transport = values["input_transport"]
+        self._decode = FrameDecoder(transport)
+        image_type = CompressedImage if transport == "compressed" else Image
+        self.create_subscription(image_type, Topics.IMAGE.name, self._on_image, camera_qos, raw=True)
+        if all(camera_size):  # the labels+confidence engine too, while the labels engine serves
+            self._request_variant(camera_size, True)
+        # camera_info keeps a few messages even at depth 1: each frame looks its own up by stamp.
+        info_qos = qos_profile(dataclasses.replace(Topics.CAMERA_INFO.qos, reliability=values["qos_reliability"]),
+                               max(depth, Topics.CAMERA_INFO.qos.depth))
+        self.create_subscription(CameraInfo, Topics.CAMERA_INFO.name, self._on_camera_info, info_qos)
+        # One callback that checks and then applies: Humble's rclpy has no post-set callback, and this
+        # callback is the only one, so a change it accepts is the change rclpy makes.
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info(config)
         self.get_logger().info(
@@ -180,13 +194,58 @@ class SegmentationNode(Node):
 
     def _build_segmenter(self, config: SegmenterConfig) -> Segmenter:
         segmenter = Segmenter(config)
-        segmenter.warmup()
+        # Every kind of frame served so far (or announced), so that a new engine never builds in the frame path.
+        for frame_size, with_confidence in sorted(self._variants):
+            segmenter.warmup(frame_size, with_confidence)
         return segmenter
+
+    def _request_variant(self, frame_size: tuple[int, int], with_confidence: bool) -> None:
+        """Have the engine in service build what ``frame_size`` frames need, in the background, unless ready."""
+        key = ((int(frame_size[0]), int(frame_size[1])), bool(with_confidence))
+        if key not in self._variants:
+            self._variants = self._variants | {key}  # a new set: the builders iterate over the old one
+        self._last_requested = key
+        segmenter = self._engine.engine
+        if key in self._failed_variants or segmenter.is_prepared(segmenter.output_size(key[0]), key[1]):
+            return
+        self._engine.run_in_background(id(segmenter), lambda: self._prepare_variants(segmenter),
+                                       what="engine variants")
+
+    def _prepare_variants(self, segmenter: Segmenter) -> None:
+        """Build every wanted variant ``segmenter`` lacks, one at a time (runs on a background thread)."""
+        while True:
+            missing = [(size, confidence) for size, confidence in sorted(self._variants)
+                       if (size, confidence) not in self._failed_variants
+                       and not segmenter.is_prepared(segmenter.output_size(size), confidence)]
+            if not missing:
+                return
+            # What the latest frame needs first; then the others in order.
+            frame_size, with_confidence = self._last_requested if self._last_requested in missing else missing[0]
+            output_size = segmenter.output_size(frame_size)
+            what = f"the {'labels+confidence' if with_confidence else 'labels'} engine for {output_size[0]}x" \
+                   f"{output_size[1]} labels"
+            self.get_logger().info(f"building {what} in the background; the ready engines keep serving")
+            start = time.monotonic()
+            try:
+                if segmenter.engine.builds_per_variant:
+                    # The build in a child process, into the cache; loading it here is quick (variant_build).
+                    try:
+                        build_in_child(segmenter.config, output_size, with_confidence)
+                    except Exception as exc:  # noqa: BLE001 - fall back to building here
+                        self.get_logger().warning(f"building {what} in a child process failed ({exc}); "
+                                                  f"building it in this process")
+                segmenter.prepare(output_size, with_confidence)
+            except Exception as exc:  # noqa: BLE001 - the engines already built keep serving
+                self._failed_variants.add((frame_size, with_confidence))
+                self.get_logger().error(f"building {what} failed: {exc}; serving from the engines already built")
+                continue
+            self.get_logger().info(f"{what} ready after {time.monotonic() - start:.1f} s")
 
     def _on_engine_swapped(self, config: SegmenterConfig) -> None:
         self.get_logger().info(
             f"now serving {config.model} {config.backend}/{config.precision} at "
             f"{config.input_height}x{config.input_width}, scales {list(config.scales)}")
+        self._hardware_id = device_name(config.device)
         self._publish_label_info(config)
 
     def _on_engine_failed(self, config: SegmenterConfig, error: Exception) -> None:
@@ -199,92 +258,133 @@ class SegmentationNode(Node):
 
     # Parameters ----------------------------------------------------------------------------
 
-    def _validate_parameter_change(self, parameters: list[Parameter]) -> SetParametersResult:
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Check a change against the whole set of values; if it fits, apply it (rclpy stores it next)."""
         values = read_parameters(self)
         values.update({parameter.name: parameter.value for parameter in parameters})
         try:
-            validate_parameters(values)
+            config = validate_parameters(values)
         except ParameterError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        return SetParametersResult(successful=True)
-
-    def _apply_parameter_change(self, parameters: list[Parameter]) -> None:
-        values = read_parameters(self)
         self._confidence_encoding = values["confidence_encoding"]
         self._publish_overlay = values["publish_overlay"]
         self._overlay_alpha = float(values["overlay_alpha"])
-        if any(parameter.name in ENGINE_PARAMETERS for parameter in parameters):
-            try:
-                config = validate_parameters(values)
-            except ParameterError as exc:  # e.g. the weights file vanished since the change was accepted
-                self.get_logger().error(f"not rebuilding the engine: {exc}")
-                return
-            if self._engine.rebuild(config):
-                self.get_logger().info("building a new engine in the background; the current one keeps serving")
+        self._image_timeout_s = float(values["image_timeout"])
+        if any(parameter.name in ENGINE_PARAMETERS for parameter in parameters) and self._engine.rebuild(config):
+            self.get_logger().info("building a new engine in the background; the current one keeps serving")
+        return SetParametersResult(successful=True)
 
     # Frames --------------------------------------------------------------------------------
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._stats.frame_received(displaced_pending=self._worker.submit(msg))
+    def _on_image(self, data: bytes) -> None:
+        received_ns = self.get_clock().now().nanoseconds
+        self._stats.frame_received(displaced_pending=self._worker.submit((data, received_ns)))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        self._camera_infos.add(msg)
+        # The frame size it announces (REP 104: the ROI, or the whole sensor, read out with binning):
+        # build its engine now, before such frames arrive.
+        width = msg.roi.width if msg.roi.width and msg.roi.height else msg.width
+        height = msg.roi.height if msg.roi.width and msg.roi.height else msg.height
+        frame_size = (height // max(msg.binning_y, 1), width // max(msg.binning_x, 1))
+        if all(frame_size) and (frame_size, False) not in self._variants:
+            self._request_variant(frame_size, False)
 
-    def _process_frame(self, msg: Image | CompressedImage) -> None:
+    def _process_frame(self, item: tuple[bytes, int]) -> None:
         """Decode, segment and publish one frame (runs on the worker thread)."""
+        data, received_ns = item
+        started_ns = self.get_clock().now().nanoseconds
         try:
-            frame, color_order = self._decode(msg)
+            frame = self._decode(data)
         except ImageDecodeError as exc:
             self._stats.frame_bad()
             self.get_logger().warning(f"skipping bad frame: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
             return
+        decoded_ns = self.get_clock().now().nanoseconds
         segmenter = self._engine.engine
         want_confidence = self._confidence_pub.get_subscription_count() > 0
+        frame_size = tuple(frame.pixels.shape[:2])
+        output_size = segmenter.output_size(frame_size)
+        run_size, run_confidence = self._ready_variant(segmenter, frame_size, output_size, want_confidence)
         try:
-            result = segmenter.segment(frame, color_order=color_order, want_confidence=want_confidence)
+            result = segmenter.segment(frame.pixels, color_order=frame.color_order, want_confidence=run_confidence,
+                                       output_size=run_size)
         except Exception as exc:  # noqa: BLE001 - one failing frame must not stop the stream
             self._stats.frame_failed()
             self.get_logger().error(f"inference failed: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
             return
-
-        header = msg.header
+        segmented_ns = self.get_clock().now().nanoseconds
         labels = result.labels
-        self._labels_pub.publish(Image(header=header, **array_to_image_fields(labels, "mono8")))
-        if result.confidence is not None:
-            self._publish_confidence(header, result.confidence)
-        if self._publish_overlay and self._overlay_pub.get_subscription_count() > 0:
-            overlay = overlay_labels(frame, color_order, labels, segmenter.label_set, self._overlay_alpha)
-            self._overlay_pub.publish(Image(header=header, **array_to_image_fields(overlay, "rgb8")))
-        camera_info = self._camera_info
-        if camera_info is not None:
-            self._camera_info_pub.publish(
-                scale_camera_info(camera_info, width=labels.shape[1], height=labels.shape[0], header=header))
-        latency = self.get_clock().now() - Time.from_msg(header.stamp)
-        self._stats.frame_published(latency.nanoseconds * 1e-9)
+        confidence = result.confidence if want_confidence else None
+        if run_size != output_size:  # served by another size's engine while this size's builds
+            size = (output_size[1], output_size[0])
+            labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+            if confidence is not None:
+                confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_LINEAR)
+        self._publish_outputs(frame, labels, confidence, segmenter)
+        published_ns = self.get_clock().now().nanoseconds
+        self._stats.frame_published((published_ns - frame.header.stamp_ns) * 1e-9)
+        if self._timings_pub.get_subscription_count() > 0:
+            self._timings_pub.publish(String(data=json.dumps({
+                "stamp_ns": frame.header.stamp_ns, "received_ns": received_ns, "started_ns": started_ns,
+                "decoded_ns": decoded_ns, "segmented_ns": segmented_ns, "published_ns": published_ns,
+                "segmenter_ms": {key: round(value, 3) for key, value in result.timings_ms.items()},
+                "frame_size": list(frame_size), "served_size": list(run_size), "served_confidence": run_confidence})))
 
-    def _publish_confidence(self, header: Header, confidence: np.ndarray) -> None:
-        if self._confidence_encoding == "mono8":
-            fields = array_to_image_fields(np.rint(confidence * 255.0).astype(np.uint8), "mono8")
-        else:
-            fields = array_to_image_fields(confidence.astype(np.float32, copy=False), "32FC1")
-        self._confidence_pub.publish(Image(header=header, **fields))
+    def _ready_variant(self, segmenter: Segmenter, frame_size: tuple[int, int], output_size: tuple[int, int],
+                       want_confidence: bool) -> tuple[tuple[int, int], bool]:
+        """The (output size, confidence) to run a frame with: what it needs if that is built, else the
+        closest variant that is (and what it needs gets built in the background)."""
+        if segmenter.is_prepared(output_size, want_confidence):
+            return output_size, want_confidence
+        self._request_variant(frame_size, want_confidence)
+        prepared = segmenter.prepared
+        if not prepared:
+            return output_size, want_confidence  # nothing built at all (never after start-up): build here
+        area = output_size[0] * output_size[1]
+        size, confidence = min(prepared, key=lambda variant: (
+            variant[1] != want_confidence, variant[0] != output_size, abs(variant[0][0] * variant[0][1] - area)))
+        if (output_size, want_confidence) not in self._fallbacks_logged:
+            self._fallbacks_logged.add((output_size, want_confidence))
+            needs = "labels+confidence" if want_confidence else "labels"
+            self.get_logger().info(
+                f"{needs} at {output_size[0]}x{output_size[1]}: served from the {size[0]}x{size[1]} "
+                f"{'labels+confidence' if confidence else 'labels'} engine"
+                f"{', resized' if size != output_size else ''}{'' if confidence or not want_confidence else ', no confidence'}"
+                f" until its own engine is built")
+        return size, confidence
+
+    def _publish_outputs(self, frame: DecodedFrame, labels: np.ndarray, confidence: np.ndarray | None,
+                         segmenter: Segmenter) -> None:
+        """Labels, confidence, overlay (if subscribed) and camera_info (if one matches), with the frame's header."""
+        header = frame.header
+        self._labels_pub.publish(self._outputs.labels(header, labels))
+        if confidence is not None:
+            self._confidence_pub.publish(self._outputs.confidence(header, confidence, self._confidence_encoding))
+        if self._publish_overlay and self._overlay_pub.get_subscription_count() > 0:
+            overlay = overlay_labels(frame.pixels, frame.color_order, labels, segmenter.label_set, self._overlay_alpha)
+            self._overlay_pub.publish(self._outputs.overlay(header, overlay))
+        camera_info = self._camera_infos.match(header.stamp_ns)
+        if camera_info is not None:
+            height, width = labels.shape
+            self._camera_info_pub.publish(
+                self._scaled_camera_info.get(camera_info, width, height, header_message(header)))
 
     # Status --------------------------------------------------------------------------------
 
     def _publish_label_info(self, config: SegmenterConfig) -> None:
-        label_set = self._engine.engine.label_set
-        if LabelInfo is not None:
-            msg = LabelInfo(class_map=[VisionClass(class_id=i, class_name=name)
-                                       for i, name in enumerate(label_set.class_names)])
-            msg.header.stamp = self.get_clock().now().to_msg()
-        else:
-            msg = String(data=json.dumps(config.label_info_fields(self._engine.engine.weights_id)))
+        """label_info (LabelInfo) and its companion label_info_meta (JSON) for the engine in service."""
+        engine = self._engine.engine
+        msg = label_info_message(engine.label_set.class_names)
+        msg.header.stamp = self.get_clock().now().to_msg()
         self._label_info_pub.publish(msg)
+        self._label_info_meta_pub.publish(String(data=json.dumps(config.label_info_fields(engine.weights_id))))
 
     def _publish_diagnostics(self) -> None:
         engine = self._engine.config.diagnostic_fields()
         status = diagnostic_status(diagnostic_name(self.get_fully_qualified_name()), self._stats.report(), engine,
-                                   self._engine.state, self._engine.last_error)
+                                   self._engine.state, self._engine.last_error,
+                                   image_timeout_s=self._image_timeout_s, hardware_id=self._hardware_id)
         header = Header(stamp=self.get_clock().now().to_msg())
         self._diagnostics_pub.publish(DiagnosticArray(header=header, status=[status]))
 
@@ -311,7 +411,7 @@ def main(args: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # stopped while the engine was being built
         rclpy.try_shutdown()
-        return 0
+        return _exit_code(0)
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -319,7 +419,22 @@ def main(args: list[str] | None = None) -> int:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return _exit_code(0)
+
+
+def _exit_code(code: int) -> int:
+    """``code``, for the process to exit with; ends the process at once while an engine build still runs.
+
+    A background build (a daemon thread inside a native compiler such as OpenVINO's) torn down by the
+    interpreter's finalisation aborts the process ("terminate called without an active exception",
+    exit -6), so a clean Ctrl-C during a rebuild would look like a crash to ``ros2 launch`` and its
+    supervisor. Everything is published and ROS is shut down by now; the unfinished build is dropped.
+    """
+    if any(thread.daemon and thread.is_alive() for thread in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,561 @@
+"""``rtseg bench node``: what the segmentation node adds around its Segmenter, and the camera rate it keeps up with.
+
+The real node runs in its own process (:func:`~rtseg_ros.ros.node_process.node_command`,
+:class:`~rtseg_ros.ros.node_process.NodeProcess`) with the shipped loopback DDS profile. This process
+plays the camera and the subscribers:
+
+- the camera publishes **pre-serialised** frames (built once per case; per frame only the stamp is
+  written and the bytes object made, and that copy is taken out of the latency), so what is measured is
+  the node, the middleware and the transport, not the test camera;
+- subscribers take the outputs with ``raw=True`` and read only their header stamp, so their own
+  deserialisation is left out too;
+- the node's ``segmentation/timings`` topic gives, per frame, the Segmenter's own time and when the node
+  received, started, segmented and published it.
+
+Per case (frame size, input encoding, outputs) the report has the Segmenter's time, the stamp-to-subscriber
+latency of the labels (and of the last output of the frame), their difference, the **overhead**, p50 and
+p95, and the overhead's parts (transport in, hand-off to the worker, decode + publish, transport out).
+Latency frames are sent one at a time (the next once the previous one's outputs arrived), so no frame waits
+for another. The rate search then sends frames at fixed rates and reports the highest one served with no
+drop, against ``1000 / model latency``.
+
+This module imports rclpy, and torch only for the machine description.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtseg_ros.names import INPUT_TRANSPORTS, Topics
+
+__all__ = ["NodeCase", "RateResult", "default_cases", "full_cases", "run_node_bench"]
+
+INPUT_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "yuv422", "jpeg")
+OUTPUT_SETS: tuple[str, ...] = ("labels", "labels+confidence", "labels+confidence+overlay")
+FRAME_SIZES: tuple[tuple[int, int], ...] = ((1024, 2048), (720, 1280))
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class NodeCase:
+    """One row: frames of ``frame_size`` (height, width) in ``encoding``, the outputs subscribed to."""
+
+    frame_size: tuple[int, int]
+    encoding: str
+    outputs: str = "labels"
+    confidence_encoding: str = "32FC1"
+
+    @property
+    def transport(self) -> str:
+        return "compressed" if self.encoding == "jpeg" else "raw"
+
+    @property
+    def label(self) -> str:
+        outputs = self.outputs.replace("confidence", f"confidence({self.confidence_encoding})")
+        return f"{self.frame_size[0]}x{self.frame_size[1]} {self.encoding} {outputs}"
+
+
+def default_cases(frame_size: tuple[int, int] = FRAME_SIZES[0]) -> list[NodeCase]:
+    """The short run: rgb8 at ``frame_size`` with labels, + mono8 confidence, + 32FC1 confidence, + overlay."""
+    return [NodeCase(frame_size, "rgb8", "labels"),
+            NodeCase(frame_size, "rgb8", "labels+confidence", "mono8"),
+            NodeCase(frame_size, "rgb8", "labels+confidence", "32FC1"),
+            NodeCase(frame_size, "rgb8", "labels+confidence+overlay", "32FC1")]
+
+
+def full_cases(frame_sizes: Iterable[tuple[int, int]] = FRAME_SIZES,
+               encodings: Iterable[str] = INPUT_ENCODINGS) -> list[NodeCase]:
+    """Every frame size x input encoding x output set (both confidence encodings)."""
+    cases = []
+    for size in frame_sizes:
+        for encoding in encodings:
+            cases.append(NodeCase(size, encoding, "labels"))
+            for confidence in ("mono8", "32FC1"):
+                cases.append(NodeCase(size, encoding, "labels+confidence", confidence))
+            cases.append(NodeCase(size, encoding, "labels+confidence+overlay", "32FC1"))
+    return cases
+
+
+def _frame_bytes(size: tuple[int, int], encoding: str, header: Any) -> bytes:
+    """A serialised camera frame (a synthetic street scene) of ``size`` in ``encoding``."""
+    import cv2
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from rtseg_ros.datasets.synthetic import make_scene
+
+    rgb = make_scene(1, *size)[0]
+    if encoding == "jpeg":
+        ok, jpeg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        return serialize_message(CompressedImage(header=header, format="jpeg", data=jpeg.tobytes()))
+    if encoding == "yuv422":
+        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV)
+        packed = np.empty((size[0], size[1], 2), np.uint8)  # UYVY: U Y0 V Y1 per pixel pair
+        packed[:, 0::2, 0], packed[:, 1::2, 0] = yuv[:, 0::2, 1], yuv[:, 0::2, 2]
+        packed[..., 1] = yuv[..., 0]
+        pixels, channels = packed, 2
+    else:
+        pixels, channels = (rgb if encoding == "rgb8" else np.ascontiguousarray(rgb[..., ::-1])), 3
+    import array
+
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(pixels).tobytes())
+    return serialize_message(Image(header=header, height=size[0], width=size[1], encoding=encoding, is_bigendian=0,
+                                   step=size[1] * channels, data=data))
+
+
+class _Recorder:
+    """Arrival times (``time.time_ns``) of each output topic and the node's timings, by stamp."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.arrivals: dict[str, dict[int, int]] = {}
+        self.timings: dict[int, dict[str, Any]] = {}
+
+    def output(self, topic: str, data: bytes) -> None:
+        now = time.time_ns()
+        sec, nanosec = struct.unpack_from("<iI", data, 4)  # the header stamp, first field after the encapsulation
+        with self.lock:
+            self.arrivals.setdefault(topic, {})[sec * 1_000_000_000 + nanosec] = now
+
+    def timing(self, msg: Any) -> None:
+        record = json.loads(msg.data)
+        with self.lock:
+            self.timings[record["stamp_ns"]] = record
+
+    def clear(self) -> None:
+        with self.lock:
+            self.arrivals.clear()
+            self.timings.clear()
+
+
+class _Camera:
+    """Publishes pre-serialised frames with fresh stamps; the stamping copy is timed and taken out."""
+
+    def __init__(self, node: Any, frame: bytes, transport: str) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CompressedImage, Image
+
+        kind = CompressedImage if transport == "compressed" else Image
+        self.publisher = node.create_publisher(kind, Topics.IMAGE.name,
+                                               QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self.buffer = bytearray(frame)
+        self.prepare_ns: dict[int, int] = {}  # stamp -> ns spent making the bytes after stamping
+        self.publish_ns: dict[int, int] = {}  # stamp -> ns the publish call took (rclpy's copy, the DDS write)
+
+    def publish(self) -> int:
+        stamp = time.time_ns()
+        struct.pack_into("<iI", self.buffer, 4, *divmod(stamp, 1_000_000_000))
+        data = bytes(self.buffer)
+        before = time.time_ns()
+        self.prepare_ns[stamp] = before - stamp
+        self.publisher.publish(data)
+        self.publish_ns[stamp] = time.time_ns() - before
+        return stamp
+
+
+@dataclass
+class RateResult:
+    """One rate tried: frames sent, labels received, drops and the Segmenter's time meanwhile."""
+
+    rate_hz: float
+    sent: int
+    served: int
+    segmenter_ms_p50: float
+
+    @property
+    def dropped(self) -> int:
+        return self.sent - self.served
+
+
+@dataclass
+class _Session:
+    node: Any
+    executor: Any
+    context: Any
+    recorder: _Recorder
+    subscriptions: dict[str, Any] = field(default_factory=dict)
+    spinning: bool = True
+    thread: threading.Thread | None = None
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "n": 0}
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "n": len(values)}
+
+
+class NodeBench:
+    """The camera and subscriber side of the benchmark, in an rclpy context of its own."""
+
+    def __init__(self, namespace: str) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
+
+        context = Context()
+        rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+        node = Node("rtseg_bench_node_client", namespace=namespace, context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        self.session = _Session(node, executor, context, _Recorder())
+        self.session.thread = threading.Thread(target=self._spin, daemon=True, name="bench-spin")
+        self.session.thread.start()
+        from std_msgs.msg import String
+
+        from rtseg_ros.ros.interfaces import qos_profile
+        self.timings = node.create_subscription(String, Topics.TIMINGS.name, self.session.recorder.timing,
+                                                qos_profile(Topics.TIMINGS.qos))
+        self.camera: _Camera | None = None
+
+    def _spin(self) -> None:
+        while self.session.spinning:
+            self.session.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.session.spinning = False
+        if self.session.thread is not None:
+            self.session.thread.join(2.0)
+        self.session.executor.shutdown()
+        self.session.node.destroy_node()
+        rclpy.try_shutdown(context=self.session.context)
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        """Subscribe (raw) to exactly ``topics`` of the node's image outputs."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        wanted = set(topics)
+        for topic in list(self.session.subscriptions):
+            if topic not in wanted:
+                self.session.node.destroy_subscription(self.session.subscriptions.pop(topic))
+        for topic in wanted - set(self.session.subscriptions):
+            self.session.subscriptions[topic] = self.session.node.create_subscription(
+                Image, topic, lambda data, topic=topic: self.session.recorder.output(topic, data),
+                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+
+    def use_frame(self, frame: bytes, transport: str) -> None:
+        if self.camera is not None:
+            self.session.node.destroy_publisher(self.camera.publisher)
+        self.camera = _Camera(self.session.node, frame, transport)
+
+    def wait(self, condition: Any, timeout_s: float, what: str, process: Any = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if process is not None:
+                process.check_running()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.01)
+
+    def connected(self) -> bool:
+        subs = self.session.subscriptions.values()
+        return (self.camera is not None and self.camera.publisher.get_subscription_count() > 0
+                and all(s.get_publisher_count() > 0 for s in subs) and self.timings.get_publisher_count() > 0)
+
+    def set_parameter(self, node_path: str, name: str, value: Any, timeout_s: float = 10.0) -> None:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        client = self.session.node.create_client(SetParameters, f"{node_path}/set_parameters")
+        try:
+            self.wait(client.service_is_ready, timeout_s, f"{node_path}/set_parameters")
+            future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+            self.wait(future.done, timeout_s, f"setting {name}")
+            result = future.result().results[0]
+            if not result.successful:
+                raise RuntimeError(f"the node refused {name}={value!r}: {result.reason}")
+        finally:
+            self.session.node.destroy_client(client)
+
+
+def _latency_case(bench: NodeBench, topics: list[str], frames: int, warmup: int, process: Any,
+                  timeout_s: float) -> dict[str, Any]:
+    """Frames one at a time; per frame the outputs' latencies and the node's timings."""
+    recorder, camera = bench.session.recorder, bench.camera
+    assert camera is not None
+    recorder.clear()
+    stamps = []
+    for index in range(warmup + frames):
+        stamp = camera.publish()
+
+        def arrived(stamp: int = stamp) -> bool:
+            with recorder.lock:
+                return stamp in recorder.timings and all(stamp in recorder.arrivals.get(t, {}) for t in topics)
+        try:
+            bench.wait(arrived, timeout_s, "the frame's outputs", process)
+        except TimeoutError:
+            continue  # a frame lost on the way (best-effort input): not a latency sample
+        if index >= warmup:
+            stamps.append(stamp)
+        time.sleep(0.02)  # let the node's last publishes and the timings settle
+    labels_topic = topics[0]
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "segmenter_ms", "labels_latency_ms", "all_outputs_latency_ms", "overhead_ms", "all_outputs_overhead_ms",
+        "transport_in_ms", "handoff_ms", "decode_ms", "around_segmenter_ms", "publish_ms", "transport_out_ms",
+        "camera_copy_ms", "camera_publish_call_ms")}
+    with recorder.lock:
+        for stamp in stamps:
+            timing = recorder.timings[stamp]
+            copy_ns = camera.prepare_ns.get(stamp, 0)
+            sent = stamp + copy_ns  # the camera's own copy is not the node's
+            labels_at = recorder.arrivals[labels_topic][stamp]
+            last_at = max(recorder.arrivals[t][stamp] for t in topics)
+            segmenter = timing["segmenter_ms"]["total"]
+            rows["segmenter_ms"].append(segmenter)
+            rows["labels_latency_ms"].append((labels_at - sent) / 1e6)
+            rows["all_outputs_latency_ms"].append((last_at - sent) / 1e6)
+            rows["overhead_ms"].append((labels_at - sent) / 1e6 - segmenter)
+            rows["all_outputs_overhead_ms"].append((last_at - sent) / 1e6 - segmenter)
+            rows["transport_in_ms"].append((timing["received_ns"] - sent) / 1e6)
+            rows["handoff_ms"].append((timing["started_ns"] - timing["received_ns"]) / 1e6)
+            rows["decode_ms"].append((timing["decoded_ns"] - timing["started_ns"]) / 1e6)
+            rows["around_segmenter_ms"].append((timing["segmented_ns"] - timing["decoded_ns"]) / 1e6 - segmenter)
+            rows["publish_ms"].append((timing["published_ns"] - timing["segmented_ns"]) / 1e6)
+            rows["transport_out_ms"].append((last_at - timing["published_ns"]) / 1e6)
+            rows["camera_copy_ms"].append(copy_ns / 1e6)
+            rows["camera_publish_call_ms"].append(camera.publish_ns.get(stamp, 0) / 1e6)
+    return {key: _percentiles(values) for key, values in rows.items()}
+
+
+def _rate_trial(bench: NodeBench, labels_topic: str, rate_hz: float, duration_s: float, process: Any) -> RateResult:
+    recorder, camera = bench.session.recorder, bench.camera
+    assert camera is not None
+    recorder.clear()
+    period = 1.0 / rate_hz
+    count = max(int(duration_s * rate_hz), 10)
+    stamps = []
+    start = time.monotonic()
+    for index in range(count):
+        delay = start + index * period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        stamps.append(camera.publish())
+    time.sleep(1.0)
+    process.check_running()
+    with recorder.lock:
+        served = sum(1 for stamp in stamps if stamp in recorder.arrivals.get(labels_topic, {}))
+        segmenter = [recorder.timings[s]["segmenter_ms"]["total"] for s in stamps if s in recorder.timings]
+    return RateResult(rate_hz, count, served, float(statistics.median(segmenter)) if segmenter else float("nan"))
+
+
+def _rate_search(bench: NodeBench, labels_topic: str, model_ms: float, duration_s: float, process: Any,
+                 fractions: Sequence[float]) -> dict[str, Any]:
+    """Rates at ``fractions`` of 1000 / model latency, rising; the highest with no drop."""
+    tried = []
+    best: RateResult | None = None
+    for fraction in fractions:
+        result = _rate_trial(bench, labels_topic, fraction * 1000.0 / model_ms, duration_s, process)
+        tried.append({**asdict(result), "dropped": result.dropped, "fraction_of_model_rate": fraction})
+        if result.dropped == 0:
+            best = result
+        elif best is not None:
+            break
+    model_rate = 1000.0 / model_ms
+    return {"model_latency_ms": round(model_ms, 2), "model_rate_hz": round(model_rate, 2),
+            "highest_zero_drop_rate_hz": round(best.rate_hz, 2) if best else None,
+            "ratio_to_model_rate": round(best.rate_hz / model_rate, 3) if best else None, "tried": tried}
+
+
+def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, warmup: int = 2,
+                   rate_config: Any = None, rate_frame_size: tuple[int, int] = (720, 1280),
+                   rate_duration_s: float = 4.0,
+                   rate_fractions: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05),
+                   log_dir: str | Path = ".", namespace: str = "/rtseg_bench",
+                   frame_timeout_s: float = 60.0, echo: Any = print) -> dict[str, Any]:
+    """Run the latency cases on a node serving ``config``, then (if ``rate_config``) the rate search.
+
+    Args:
+        config: the node's :class:`~rtseg_ros.engines.SegmenterConfig` for the latency cases.
+        cases: the rows; one node per input transport (``input_transport`` is read-only).
+        frames / warmup: timed and untimed frames per row.
+        rate_config: the config of the rate search (one where the model is faster than the camera, e.g. a
+            small network size), or ``None`` to skip it.
+        rate_frame_size: the frames of the rate search (rgb8, labels only).
+    """
+    from rtseg_ros.ros.node_process import NodeProcess, loopback_dds_environment, node_command
+
+    os.environ.update(loopback_dds_environment(os.environ))  # this process's DDS too, before rclpy starts
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    node_path = f"{namespace}/segmentation_node"
+    labels_topic = f"{namespace}/{Topics.LABELS.name}"
+    topic_of = {"labels": labels_topic, "confidence": f"{namespace}/{Topics.CONFIDENCE.name}",
+                "overlay": f"{namespace}/{Topics.OVERLAY.name}"}
+    bench = NodeBench(namespace)
+    try:
+        for transport in INPUT_TRANSPORTS:
+            group = [case for case in cases if case.transport == transport]
+            if not group:
+                continue
+            height, width = group[0].frame_size
+            settings = {"input_transport": transport, "camera_height": height, "camera_width": width}
+            command = node_command(config, node_settings=settings, namespace=namespace)
+            with NodeProcess(command, log_dir / f"bench_node_{transport}.log") as process:
+                for case in group:
+                    topics = [topic_of[name] for name in case.outputs.split("+")]
+                    bench.subscribe(topics)
+                    frame = _frame_bytes(case.frame_size, case.encoding, _header())
+                    bench.use_frame(frame, transport)
+                    bench.wait(bench.connected, STARTUP_TIMEOUT_S, "the node to come up", process)
+                    bench.set_parameter(node_path, "confidence_encoding", case.confidence_encoding)
+                    time.sleep(0.5)  # discovery of the new subscriptions settles
+                    result = _latency_case(bench, topics, frames, warmup, process, frame_timeout_s)
+                    row = {"case": case.label, **asdict(case), **result}
+                    rows.append(row)
+                    echo(f"{case.label}: segmenter {result['segmenter_ms']['p50']:.1f} ms, labels latency "
+                         f"{result['labels_latency_ms']['p50']:.1f} ms, overhead p50 {result['overhead_ms']['p50']:.1f} "
+                         f"/ p95 {result['overhead_ms']['p95']:.1f} ms (all outputs p50 "
+                         f"{result['all_outputs_overhead_ms']['p50']:.1f} ms; in {result['transport_in_ms']['p50']:.1f}"
+                         f", hand-off {result['handoff_ms']['p50']:.1f}, decode {result['decode_ms']['p50']:.1f}, "
+                         f"around the Segmenter {result['around_segmenter_ms']['p50']:.1f}, publish "
+                         f"{result['publish_ms']['p50']:.1f}, out {result['transport_out_ms']['p50']:.1f})")
+        rate = None
+        if rate_config is not None:
+            height, width = rate_frame_size
+            settings = {"camera_height": height, "camera_width": width}
+            command = node_command(rate_config, node_settings=settings, namespace=namespace)
+            with NodeProcess(command, log_dir / "bench_node_rate.log") as process:
+                bench.subscribe([labels_topic])
+                bench.use_frame(_frame_bytes(rate_frame_size, "rgb8", _header()), "raw")
+                bench.wait(bench.connected, STARTUP_TIMEOUT_S, "the node to come up", process)
+                time.sleep(0.5)
+                latency = _latency_case(bench, [labels_topic], frames, warmup, process, frame_timeout_s)
+                model_ms = latency["segmenter_ms"]["p50"]
+                rate = _rate_search(bench, labels_topic, model_ms, rate_duration_s, process, rate_fractions)
+                rate["frame_size"] = list(rate_frame_size)
+                rate["config"] = rate_config.diagnostic_fields()
+                echo(f"rate search at {height}x{width} rgb8, labels: model {model_ms:.1f} ms "
+                     f"({rate['model_rate_hz']:.1f} Hz); highest zero-drop rate {rate['highest_zero_drop_rate_hz']} Hz "
+                     f"({rate['ratio_to_model_rate']} of the model rate)")
+    finally:
+        bench.close()
+    return {"rows": rows, "rate_search": rate, "config": config.diagnostic_fields()}
+
+
+def _header() -> Any:
+    from std_msgs.msg import Header
+
+    return Header(frame_id="bench_camera")
+
+
+def machine_state() -> dict[str, Any]:
+    """The machine block of the report (``rtseg bench``'s), with the load average now."""
+    from rtseg_ros.benchmarks.engines import machine_info
+
+    return machine_info()
+
+
+def write_report(path: str | Path, report: dict[str, Any], command: str, machine: dict[str, Any],
+                 machine_after: dict[str, Any] | None = None) -> None:
+    """The JSON report: the command, the machine (load average before and after) and the results."""
+    document = {"command": command, "machine": machine,
+                "load_average_after": (machine_after or {}).get("load_average"), **report}
+    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the latency rows."""
+    lines = ["| case | Segmenter ms p50 | labels latency ms p50 | overhead ms p50 / p95 | all outputs overhead p50 |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['case']} | {row['segmenter_ms']['p50']:.1f} | {row['labels_latency_ms']['p50']:.1f} | "
+                     f"{row['overhead_ms']['p50']:.1f} / {row['overhead_ms']['p95']:.1f} | "
+                     f"{row['all_outputs_overhead_ms']['p50']:.1f} |")
+    return "\n".join(lines)
+
+
+def _cli() -> Any:
+    """The ``rtseg bench node`` click command (made on demand: click is only needed here)."""
+    import shlex
+    import sys
+
+    import click
+
+    from rtseg_ros.cli.options import parse_size
+    from rtseg_ros.names import BACKENDS, MODEL_NAMES, OUTPUT_RESOLUTIONS
+
+    @click.command("node", context_settings={"show_default": True})
+    @click.option("--model", default="atonet", type=click.Choice(MODEL_NAMES), help="Network of the latency rows.")
+    @click.option("--resolution", default="256x512", help="Network input size of the latency rows, HEIGHTxWIDTH.")
+    @click.option("--backend", default="torch", type=click.Choice(BACKENDS), help="Backend of both nodes.")
+    @click.option("--output-resolution", default="input", type=click.Choice(OUTPUT_RESOLUTIONS),
+                  help="Labels at the camera frame's size (input) or the network's.")
+    @click.option("--frame-size", "frame_sizes", multiple=True, default=("1024x2048",),
+                  help="Camera frame size(s) of the latency rows (repeatable); --full: 1024x2048 and 720x1280.")
+    @click.option("--encoding", "encodings", multiple=True, type=click.Choice(INPUT_ENCODINGS), default=("rgb8",),
+                  help="Input encoding(s) (repeatable; jpeg is sensor_msgs/CompressedImage).")
+    @click.option("--full", is_flag=True, help="Every frame size x encoding x output set (a long run).")
+    @click.option("--frames", default=10, type=click.IntRange(min=1), help="Timed frames per row.")
+    @click.option("--warmup", default=2, type=click.IntRange(min=0), help="Untimed frames per row.")
+    @click.option("--rate-resolution", default="64x128",
+                  help="Network size of the rate search (a model faster than the camera); 'none' skips it.")
+    @click.option("--rate-frame-size", default="720x1280", help="Camera frame size of the rate search.")
+    @click.option("--rate-duration", default=4.0, type=click.FloatRange(min=0.5), help="Seconds per rate tried.")
+    @click.option("--log-dir", type=click.Path(file_okay=False), default=".", help="Where the node logs go.")
+    @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON here.")
+    def node(model, resolution, backend, output_resolution, frame_sizes, encodings, full, frames, warmup,
+             rate_resolution, rate_frame_size, rate_duration, log_dir, json_path) -> None:
+        """Overhead of the segmentation node around its Segmenter, and the highest camera rate it serves.
+
+        Starts the real node, feeds it pre-serialised frames and reports, per row, the Segmenter's time,
+        the stamp-to-subscriber latency and their difference (the overhead), p50 and p95; then the highest
+        camera rate served with no drop against 1000 / model latency.
+
+        \b
+        rtseg bench node --json node.json
+        rtseg bench node --full --json node_full.json
+        """
+        from rtseg_ros.engines import SegmenterConfig
+
+        height, width = parse_size(resolution)
+        config = SegmenterConfig(model=model, input_height=height, input_width=width, backend=backend,
+                                 output_resolution=output_resolution)
+        sizes = [parse_size(size) for size in frame_sizes]
+        if full:
+            cases = full_cases()
+        else:
+            cases = [NodeCase(size, encoding, case.outputs, case.confidence_encoding)
+                     for size in sizes for encoding in encodings for case in default_cases(size)]
+        rate_config = None
+        if rate_resolution != "none":
+            rate_height, rate_width = parse_size(rate_resolution)
+            rate_config = SegmenterConfig(model=model, input_height=rate_height, input_width=rate_width,
+                                          backend=backend, output_resolution="network")
+        machine = machine_state()
+        click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores; load average "
+                   f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")
+        report = run_node_bench(config, cases, frames=frames, warmup=warmup, rate_config=rate_config,
+                                rate_frame_size=parse_size(rate_frame_size), rate_duration_s=rate_duration,
+                                log_dir=log_dir, echo=click.echo)
+        after = machine_state()
+        click.echo("")
+        click.echo(format_table(report["rows"]))
+        click.echo(f"load average after: {', '.join(f'{v:.2f}' for v in after['load_average'])}")
+        if json_path:
+            command = " ".join(["rtseg bench node", *(shlex.quote(a) for a in sys.argv[3:])])
+            write_report(json_path, report, command, machine, after)
+            click.echo(f"wrote {json_path}")
+
+    return node
+
+
+if __name__ == "__main__":
+    _cli()()
