@@ -5,6 +5,7 @@ inherited by the node processes the tests start.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -28,3 +29,16 @@ def reference_dir() -> Path:
     if not SHARED_REFERENCE.is_dir():
         pytest.skip(f"reference data not found at {SHARED_REFERENCE}")
     return SHARED_REFERENCE
+
+
+@pytest.fixture(autouse=True)
+def _package_loggers_propagate() -> None:
+    """Let the package's log records reach pytest's ``caplog``.
+
+    The launch_testing pytest plugin imports ``launch``, which makes every logger created afterwards
+    a ``LaunchLogger`` with ``propagate = False``; the package's module loggers are created after
+    the plugin loads, so their records would never reach the root logger that caplog listens on.
+    """
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "rtseg_ros" and isinstance(logger, logging.Logger):
+            logger.propagate = True

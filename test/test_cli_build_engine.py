@@ -52,15 +52,17 @@ def test_build_engine_fills_the_cache_and_the_next_start_hits_it(tmp_path, refer
                              backend="openvino", cache_dir=str(cache_dir))
     caplog.clear()
     logger = logging.getLogger("rtseg_ros.engines.cache")
-    logger.addHandler(caplog.handler)  # launch_testing's plugin stops propagation to caplog's root handler
+    # The handler goes on the logger itself (launch_testing's plugin stops propagation to the root's),
+    # and propagation is off meanwhile, so each record arrives once either way.
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.INFO, logger=logger.name):
             Segmenter(config).warmup(CAMERA)
     finally:
         logger.removeHandler(caplog.handler)
-    # A record reaches caplog once or twice (through the handler above and the root's): count records.
-    hits = list({id(r): r.getMessage() for r in caplog.records
-                 if r.getMessage().startswith("loaded cached OpenVINO")}.values())
+        logger.propagate = propagate
+    hits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded cached OpenVINO")]
     assert len(hits) == 1 and hits[0].endswith(" s") and " in " in hits[0]
     assert not [r for r in caplog.records if r.getMessage().startswith("building")]
 

@@ -40,16 +40,18 @@ def _logs(caplog, *names: str):
     created after it do not propagate to caplog's root handler.
     """
     loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # each record once, whether or not the plugin is loaded
         logger.addHandler(caplog.handler)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, (level, propagate) in zip(loggers, saved):
             logger.removeHandler(caplog.handler)
             logger.setLevel(level)
+            logger.propagate = propagate
 
 
 ENGINE_LOGS = ("rtseg_ros.engines.cache", "rtseg_ros.engines.openvino_engine")

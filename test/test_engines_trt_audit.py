@@ -7,7 +7,8 @@ falls into a known fallback or wrong-result pattern (uint8 casts, two-output max
 
 The whole matrix (6 network settings x with/without confidence x 4 sizes) is slow on 2 CPU cores;
 by default a subset runs that covers every setting, both confidence modes and every size, including
-1024x2048 once. ``-m slow`` runs the rest.
+1024x2048 once. The rest carry the ``exhaustive`` marker, which the default run deselects
+(about 25 minutes more on 2 cores): ``python -m pytest -m exhaustive test/test_engines_trt_audit.py``.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _cases():
     for network in NETWORKS:
         for confidence in (False, True):
             for size in SIZES:
-                marks = () if (network, confidence, size) in FAST else (pytest.mark.slow,)
+                marks = () if (network, confidence, size) in FAST else (pytest.mark.exhaustive,)
                 label = f"{network}-{'conf' if confidence else 'labels'}-{size[0]}x{size[1]}"
                 yield pytest.param(network, confidence, size, id=label, marks=marks)
 

@@ -284,3 +284,10 @@ def test_make_bag_and_eval_take_a_label_set_file(tmp_path: Path) -> None:
     result = runner.invoke(evaluate, [str(tmp_path / "bag"), "--label-set", str(tmp_path / "none.yaml"), "--json",
                                       str(tmp_path / "x.json"), *common])
     assert result.exit_code != 0 and "label set file not found" in result.output
+
+
+def test_folder_masks_are_mapped_by_a_files_label_ids_only(tmp_path: Path) -> None:
+    # The built-in sets' label_ids describe their own data sets' files; folder masks of them hold train ids.
+    assert CITYSCAPES.folder_label_map() is None and CAMVID.folder_label_map() is None
+    assert LabelSet.from_dict(CITYSCAPES.to_dict()).folder_label_map() is None  # as a checkpoint records it
+    assert get_label_set(str(robot_file(tmp_path))).folder_label_map()[10] == 0

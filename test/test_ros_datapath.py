@@ -297,7 +297,7 @@ def test_new_frame_size_and_confidence_subscriber_cause_no_output_gap(weights: P
                                                 context=session.context))
         feed(scene, 3.0)
         confidence_topic = confidence.topic(Topics.CONFIDENCE)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600  # two exports; minutes on a loaded 2-core machine
         # Frames of a new size, with a confidence subscriber, until their own engine serves them.
         while time.monotonic() < deadline and not any(
                 t["served_size"] == [96, 160] and t["served_confidence"] for t in timings):
@@ -313,14 +313,16 @@ def test_new_frame_size_and_confidence_subscriber_cause_no_output_gap(weights: P
     sizes = [(msg.height, msg.width) for _, msg in received]
     assert FRAME_SIZE in sizes and (96, 160) in sizes
     assert "in the background" in log and "ready after" in log
-    # The node's own publication times (its timings topic), so the test process's own scheduling on a
-    # loaded machine does not count; the frame period is the camera's, 50 ms.
+    # The node's own publication times (its timings topic), so that the test process's own scheduling on a
+    # loaded machine does not count. A gap may last the camera's period (50 ms) plus the next frame's model
+    # latency (which a background build slows, sharing the CPU) plus 100 ms; no frame holds a build.
+    timings.sort(key=lambda t: t["published_ns"])
     segmenter_ms = np.array([t["segmenter_ms"]["total"] for t in timings])
-    model_ms = float(np.percentile(segmenter_ms, 95))
-    gaps_ms = np.diff(sorted(t["published_ns"] for t in timings)) / 1e6
-    assert gaps_ms.max() <= model_ms + 100.0 + 50.0, (
-        f"an output gap of {gaps_ms.max():.0f} ms, model latency p95 {model_ms:.0f} ms")
-    # No frame had a build inside it.
-    assert segmenter_ms.max() < 10 * np.median(segmenter_ms) + 1000.0
+    model_ms = np.maximum(segmenter_ms[1:], np.percentile(segmenter_ms, 95))
+    gaps_ms = np.diff([t["published_ns"] for t in timings]) / 1e6
+    worst = int(np.argmax(gaps_ms - model_ms))
+    assert gaps_ms[worst] <= model_ms[worst] + 100.0 + 50.0, (
+        f"an output gap of {gaps_ms[worst]:.0f} ms, the next frame's model latency {segmenter_ms[worst + 1]:.0f} ms")
+    assert segmenter_ms.max() < 10 * np.median(segmenter_ms) + 1000.0, "a frame had an engine build inside it"
     assert "building engine" in states
     assert answers and answers[0] < 5.0

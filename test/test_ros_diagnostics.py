@@ -64,3 +64,11 @@ def test_hardware_id_names_the_device() -> None:
     assert _status(_report()).hardware_id == "cpu"  # no name given: the device setting
     assert device_name("npu") == "npu"
     assert not math.isnan(float(dict((kv.key, kv.value) for kv in _status(_report()).values)["latency_p50_ms"]))
+
+
+@pytest.mark.parametrize("state", ["building engine", "rebuilding"])
+def test_an_engine_build_in_progress_is_a_warning(state: str) -> None:
+    status = diagnostic_status("/n: segmentation", _report(), ENGINE, state, "", image_timeout_s=2.0)
+    assert status.level == DiagnosticStatus.WARN
+    assert "building engine" in status.message
+    assert dict((kv.key, kv.value) for kv in status.values)["engine_state"] == state

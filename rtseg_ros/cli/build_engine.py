@@ -18,8 +18,6 @@ import yaml
 
 from rtseg_ros.cli.options import parse_size
 
-LOG = logging.getLogger(__name__)
-
 
 def _parameter(item: str) -> tuple[str, Any]:
     from rtseg_ros.names import PARAMETERS

@@ -241,10 +241,10 @@ def _label_set_option(reference: str | None) -> Any:
 
 
 def _mask_map(label_map: str | None, dataset: str | None, labels: Any) -> dict[int, int] | None:
-    """--label-map, else for a folder data set the label set's own label_ids map (if it has one)."""
+    """--label-map, else for a folder data set the label set file's label_ids map (if it has one)."""
     mapping = _load_label_map(label_map)
     if mapping is None and dataset == "folder" and labels is not None:
-        mapping = labels.label_id_map()
+        mapping = labels.folder_label_map()
     return mapping
 
 

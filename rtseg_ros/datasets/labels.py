@@ -104,6 +104,14 @@ class LabelSet:
             return None
         return {raw.id: raw.train_id for raw in self.label_ids if raw.id is not None}
 
+    def folder_label_map(self) -> dict[int, int] | None:
+        """The ``{mask value: train id}`` map for masks of the ``folder`` layout: a file's ``label_ids``.
+
+        ``None`` for the built-in sets: their ``label_ids`` describe their own data sets' label files,
+        and folder masks of those classes hold train ids.
+        """
+        return None if LABEL_SETS.get(self.name) == self else self.label_id_map()
+
     def label_id_table(self) -> np.ndarray:
         """A 256-entry uint8 lookup table from label-file values to train ids; unlisted values are ignored.
 

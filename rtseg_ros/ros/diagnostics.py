@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from rtseg_ros.engines.serving import EngineState
+
 __all__ = ["FrameStatistics", "StatisticsReport", "device_name", "diagnostic_status"]
 
 
@@ -114,7 +116,7 @@ def diagnostic_status(
 
     Level: ERROR while inference fails on every frame of the period; WARN when some frames fail, frames
     are rejected, no frame has come for ``image_timeout_s`` after the first one (the camera stopped),
-    or the last engine rebuild failed; else OK (also while waiting for the first frame). Values are
+    the last engine rebuild failed, or an engine is being built; else OK (also while waiting for the first frame). Values are
     strings as diagnostic_msgs requires; latency is ``nan`` in a period without output.
 
     Args:
@@ -137,6 +139,10 @@ def diagnostic_status(
         warnings.append(f"{report.bad_in_period} bad frame(s) in the last {report.period_s:.1f} s")
     if engine_error:
         warnings.append(f"engine rebuild failed: {engine_error}")
+    if engine_state in (EngineState.BUILDING, EngineState.REBUILDING):
+        # Frames are still served (by the engine in service), but a robot monitor should see that a
+        # build is taking CPU or GPU time and that a new variant is not there yet.
+        warnings.append(f"{EngineState.BUILDING}: {engine_state}")
     if errors:
         level, message = DiagnosticStatus.ERROR, "; ".join(errors + warnings)
     elif warnings:

@@ -270,9 +270,22 @@ class SegmentationNode(Node):
         self._publish_overlay = values["publish_overlay"]
         self._overlay_alpha = float(values["overlay_alpha"])
         self._image_timeout_s = float(values["image_timeout"])
-        if any(parameter.name in ENGINE_PARAMETERS for parameter in parameters) and self._engine.rebuild(config):
-            self.get_logger().info("building a new engine in the background; the current one keeps serving")
+        if any(parameter.name in ENGINE_PARAMETERS for parameter in parameters):
+            self._rebuild_after_set(config)
         return SetParametersResult(successful=True)
+
+    def _rebuild_after_set(self, config: SegmenterConfig) -> None:
+        """Start the rebuild once rclpy has stored the accepted values (a one-shot timer runs after this
+        callback): a build that fails at once then finds the new values to set back."""
+        timer: list[Any] = []
+
+        def start() -> None:
+            timer[0].cancel()
+            self.destroy_timer(timer[0])
+            if self._engine.rebuild(config):
+                self.get_logger().info("building a new engine in the background; the current one keeps serving")
+
+        timer.append(self.create_timer(0.0, start))
 
     # Frames --------------------------------------------------------------------------------
 

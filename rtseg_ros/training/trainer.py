@@ -140,11 +140,15 @@ class Trainer:
     def _prepare_data(self) -> None:
         """The data sets, their label check, and the run's length in iterations and epochs."""
         cfg, train = self.recipe, self.recipe["train"]
+        # A built-in name or a label set file; its classes (names, colours) go into every weights file.
         self.label_set = get_label_set(cfg["model"]["label_set"])
         self.num_classes = int(cfg["model"]["num_classes"] or self.label_set.num_classes)
         val_size = tuple(cfg["data"]["val_size"]) if cfg["data"]["val_size"] else None
+        data = dict(cfg["data"])
+        if data["dataset"] == "folder" and not data["label_map"]:
+            data["label_map"] = self.label_set.folder_label_map()  # a label set file's label_ids map the masks
         self.train_set, self.val_set = build_datasets(
-            cfg["data"], self.label_set.name, build_train_transform(cfg["augment"]), val_size, int(train["seed"]))
+            data, self.label_set.name, build_train_transform(cfg["augment"]), val_size, int(train["seed"]))
         scan_labels(self.train_set, self.num_classes)
         scan_labels(self.val_set, self.num_classes)
         world = self.context.world_size
@@ -222,8 +226,10 @@ class Trainer:
         return matrix.mean_iou(), matrix.pixel_accuracy()
 
     def _save_weights(self, name: str, extra: Mapping[str, Any] | None = None) -> Path:
+        # The whole label set when it fits the model; by name only when model.num_classes overrides its count.
+        label_set = self.label_set if self.label_set.num_classes == self.num_classes else self.label_set.name
         return write_weights(self.model, self.output_dir / name, model_name=self.recipe["model"]["name"],
-                             label_set=self.label_set.name, progress=self.progress, extra=extra)
+                             label_set=label_set, progress=self.progress, extra=extra)
 
     def _save_resume(self) -> None:
         # Every rank takes part (its RNG states go into the file); only the main one writes.
