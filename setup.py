@@ -25,6 +25,10 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # ros2 run and launch_ros look for executables in lib/<package> only. Shipping two shims as
+        # data keeps the console scripts in bin/ for pip users (an install_scripts entry in setup.cfg
+        # would move them out of PATH under `pip install -e .`, and [develop] script_dir breaks it).
+        (f"lib/{PACKAGE}", ["resource/segmentation_node", "resource/rtseg"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.md")),

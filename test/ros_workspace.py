@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,13 +74,29 @@ def in_workspace(command: str) -> list[str]:
     return ["bash", "-c", f"source {shlex.quote(str(setup))} && exec {command}"]
 
 
-def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | None = None) -> tuple[int, str]:
+# What the ros2 CLI says when discovery has not found the node yet (ros2-tools README: retry it).
+NOT_DISCOVERED = ("Node not found", "Unable to find node")
+
+
+def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | None = None,
+                     discovery_retries: int = 5) -> tuple[int, str]:
     """Run ``command`` from the sourced workspace; returns (exit code, stdout and stderr).
 
     Args:
         timeout_s: kill it after this long (the output so far is returned, the code is -9).
         stop_after_s: send SIGINT after this long (for commands that run until stopped, ``ros2 topic hz``).
+        discovery_retries: run it again (after a second) this many times while the CLI has not
+            discovered the node yet; on a loaded machine a fresh CLI process can miss it once.
     """
+    for _ in range(discovery_retries):
+        code, output = _run_once(command, timeout_s, stop_after_s)
+        if not any(message in output for message in NOT_DISCOVERED):
+            return code, output
+        time.sleep(1.0)
+    return _run_once(command, timeout_s, stop_after_s)
+
+
+def _run_once(command: str, timeout_s: float, stop_after_s: float | None) -> tuple[int, str]:
     process = subprocess.Popen(in_workspace(command), cwd=colcon_workspace(), text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     timer = None

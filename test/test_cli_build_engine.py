@@ -68,7 +68,6 @@ def test_build_engine_fills_the_cache_and_the_next_start_hits_it(tmp_path, refer
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime ('rtseg_ros[onnx]')")
-@pytest.mark.slow
 def test_options_override_the_params_file_and_labels_only_builds_one_engine(tmp_path):
     cache_dir = tmp_path / "cache"
     result = CliRunner().invoke(build_engine, [

@@ -63,3 +63,11 @@ def test_text_values_are_typed_like_a_params_file() -> None:
     assert PARAMETERS["weights"].parse("2024.pth") == "2024.pth"
     assert PARAMETERS["weights"].parse("1") == "1"
     assert PARAMETERS["device"].parse("cuda:0") == "cuda:0"
+
+
+def test_docs_parameter_table_is_current() -> None:
+    """docs/parameters.md carries the table `rtseg params` prints; regenerate it when the table changes."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "parameters.md").read_text(encoding="utf-8")
+    assert parameter_table() in doc, "docs/parameters.md is stale: rerun `rtseg params` and paste its table"

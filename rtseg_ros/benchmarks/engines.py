@@ -12,7 +12,6 @@ not.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig
 from rtseg_ros.engines.preprocessing import reference_preprocess
 from rtseg_ros.io.files import atomic_output
 from rtseg_ros.io.frames import synthetic_frames
+from rtseg_ros.machine import cpu_model, distribution_version
 from rtseg_ros.names import ALL_SCALES
 
 LOG = logging.getLogger(__name__)
@@ -118,16 +118,8 @@ def skip_reason(case: BenchCase, settings: BenchSettings) -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """The machine block of the JSON report."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -135,23 +127,14 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "tensorrt": _version("tensorrt"),
-        "torch_tensorrt": _version("torch_tensorrt", "torch-tensorrt"),
-        "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
-        "openvino": _version("openvino"),
-        "nncf": _version("nncf"),
-        "opencv": _version("opencv-python-headless", "opencv-python"),
+        "tensorrt": distribution_version("tensorrt"),
+        "torch_tensorrt": distribution_version("torch_tensorrt", "torch-tensorrt"),
+        "onnxruntime": distribution_version("onnxruntime", "onnxruntime-gpu"),
+        "openvino": distribution_version("openvino"),
+        "nncf": distribution_version("nncf"),
+        "opencv": distribution_version("opencv-python-headless", "opencv-python"),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-
-
-def _version(*distributions: str) -> str | None:
-    for name in distributions:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 class PeakMemory:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import json
 import platform
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import click
 
 from rtseg_ros.cli.options import ALL_SCALES_TEXT, parse_scales, parse_size
+from rtseg_ros.machine import distribution_version
 from rtseg_ros.names import MODEL_NAMES
 
 
@@ -80,10 +80,7 @@ def _module_version(module: str, distribution: str | None = None) -> str:
         return f"installed, fails to import ({type(exc).__name__}: {exc})"
     version = getattr(loaded, "__version__", None)
     if version is None and distribution:
-        try:
-            version = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            version = None
+        version = distribution_version(distribution)
     return str(version or "unknown version")
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata
+import importlib
 import inspect
 import logging
 import re
@@ -40,6 +40,7 @@ from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
 from rtseg_ros.engines.cache import ArtifactCache, graph_source_sha256
 from rtseg_ros.engines.config import ConfigError
 from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device
+from rtseg_ros.machine import distribution_version
 
 LOG = logging.getLogger(__name__)
 
@@ -117,14 +118,7 @@ def _distribution_version(module: str, *distributions: str) -> str | None:
         version = getattr(importlib.import_module(module), "__version__", None)
     except Exception:  # noqa: BLE001 - a library that cannot load is reported as missing
         version = None
-    if version:
-        return str(version)
-    for name in distributions:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    return str(version) if version else distribution_version(*distributions)
 
 
 def gpu_identity(device: torch.device) -> dict[str, Any]:

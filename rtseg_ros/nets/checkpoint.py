@@ -343,7 +343,7 @@ def _class_mismatches(
     return keys, (int(state[keys[0]].shape[0]) if keys else None)
 
 
-def load_weights(model: SegmentationModel, path: str | Path, *, strict_classes: bool = True) -> nn.Module:
+def load_weights(model: SegmentationModel, path: str | Path, *, strict_classes: bool = True) -> SegmentationModel:
     """Loads our own or the authors' weights into ``model`` and returns it.
 
     Args:

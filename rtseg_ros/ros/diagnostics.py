@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import math
-import platform
 import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from rtseg_ros.engines.serving import EngineState
+from rtseg_ros.machine import cpu_model
 
 __all__ = ["FrameStatistics", "StatisticsReport", "device_name", "diagnostic_status"]
 
@@ -175,24 +174,6 @@ def diagnostic_status(
     )
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (x86: /proc/cpuinfo; ARM boards such as a Jetson: the device-tree model)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    try:
-        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
-        if model:
-            return model
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 @lru_cache(maxsize=None)
 def device_name(device: str) -> str:
     """What ``hardware_id`` says for an engine's ``device`` setting: the GPU's name or the CPU's model.
@@ -210,5 +191,5 @@ def device_name(device: str) -> str:
         except Exception:  # noqa: BLE001 - a status line must not fail; the setting still names it
             return device
     if device == "cpu":
-        return f"{_cpu_model()} (cpu)"
+        return f"{cpu_model()} (cpu)"
     return device
