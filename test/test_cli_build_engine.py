@@ -84,6 +84,8 @@ def test_the_torch_backend_has_nothing_to_build(tmp_path):
                                                "96x160", "--labels-only", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert "nothing to build" in result.output
+    # Without weights every start draws new random weights, which no cached engine matches: said so.
+    assert "no weights set" in result.output
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

@@ -144,6 +144,11 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
                f"cache {resolved.resolved_cache_dir()}")
     if resolved.backend == "torch":
         click.echo("the torch backend runs eagerly: nothing to build or cache")
+    if resolved.weights is None:
+        # Engines are keyed by the weights; random ones are drawn anew at every start.
+        click.secho("WARNING: no weights set: every node start draws new random weights, and exported or "
+                    "compiled engines (onnxruntime, openvino, tensorrt) made for other weights are not reused; "
+                    "set the weights parameter", fg="red", err=True)
     counter = _CacheHits()
     cache_log = logging.getLogger("rtseg_ros.engines.cache")
     level = cache_log.level
