@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,31 +43,3 @@ def _package_loggers_propagate() -> None:
         if name.split(".")[0] == "rtseg_ros" and isinstance(logger, logging.Logger):
             logger.propagate = True
 
-
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """End the test process once everything is reported, skipping interpreter finalization.
-
-    One CI run of the whole suite (rclpy, Fast DDS, torch, ONNX Runtime and OpenVINO loaded in one
-    process) died with SIGSEGV after its last test had passed, during interpreter shutdown, losing the
-    buffered summary and turning a green run red. The crash is in native libraries' teardown at exit,
-    after every result is known; the node processes the tests start exit normally and are checked.
-    """
-    if _EXIT_STATUS:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the training runs (gloo DDP in spawned processes) first, before any test has loaded rclpy,
-    Fast DDS or OpenVINO into this process: twice, a whole-suite run that ran them last died with
-    SIGSEGV in the teardown of the DDP test, after all four had passed; alone or early they pass cleanly."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("test/test_training_runs.py") else 1)

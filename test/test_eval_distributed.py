@@ -16,6 +16,10 @@ import torch
 import torch.multiprocessing as mp
 from rtseg_ros.datasets.labels import CITYSCAPES
 from rtseg_ros.datasets.synthetic import make_scene
+# A whole-suite pytest process that had loaded rclpy, Fast DDS and OpenVINO died with SIGSEGV when it
+# spawned these workers after another test had; they run in a pytest process of their own.
+pytestmark = pytest.mark.multiprocess
+
 from rtseg_ros.distributed import DistributedContext, close_distributed, gather_objects, init_distributed
 from rtseg_ros.evaluation.evaluator import Evaluation, Prediction, run_evaluation
 from rtseg_ros.evaluation.sharding import ShardedSource
