@@ -246,7 +246,7 @@ class SegmenterConfig:
     # Node status -------------------------------------------------------------------------------
 
     def label_info_fields(self, weights_sha256: str, label_set: LabelSet | None = None) -> dict[str, Any]:
-        """The node's JSON ``label_info`` document (``std_msgs/String`` where vision_msgs is missing).
+        """The JSON document of the node's latched ``segmentation/label_info_meta`` topic (``std_msgs/String``).
 
         Args:
             weights_sha256: what identifies the weights in service: the file's sha256, or that of
