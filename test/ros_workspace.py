@@ -76,6 +76,9 @@ def in_workspace(command: str) -> list[str]:
 
 # What the ros2 CLI says when discovery has not found the node yet (ros2-tools README: retry it).
 NOT_DISCOVERED = ("Node not found", "Unable to find node")
+# `ros2 topic echo` without a type exits 1 with these when it has missed the publisher; `ros2 topic hz`
+# prints the first one too, but goes on waiting and succeeds, so only a failed command is retried on them.
+TOPIC_NOT_DISCOVERED = ("does not appear to be published yet", "Could not determine the type for the passed topic")
 
 
 def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | None = None,
@@ -86,11 +89,13 @@ def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | No
         timeout_s: kill it after this long (the output so far is returned, the code is -9).
         stop_after_s: send SIGINT after this long (for commands that run until stopped, ``ros2 topic hz``).
         discovery_retries: run it again (after a second) this many times while the CLI has not
-            discovered the node yet; on a loaded machine a fresh CLI process can miss it once.
+            discovered the node (or its topic) yet; on a loaded machine a fresh CLI process can miss it once.
     """
     for _ in range(discovery_retries):
         code, output = _run_once(command, timeout_s, stop_after_s)
-        if not any(message in output for message in NOT_DISCOVERED):
+        missed = any(message in output for message in NOT_DISCOVERED) or (
+            code != 0 and any(message in output for message in TOPIC_NOT_DISCOVERED))
+        if not missed:
             return code, output
         time.sleep(1.0)
     return _run_once(command, timeout_s, stop_after_s)
