@@ -140,6 +140,8 @@ def test_the_default_launch_serves_the_cpu_config(launched: tuple[Launch, Camera
     labels = listener.messages[_labels(listener)][-1][1]
     assert labels.header.frame_id == "camera_" and (labels.height, labels.width) == FRAME.shape[:2]
     assert "subscribed to /camera/image_raw" in launch.log()
+    # cpu.yaml asks for backend auto; the log names the backend that was taken
+    assert re.search(r"serving atonet \((openvino|onnxruntime|compile|torch), from auto, ", launch.log()), launch.log()
 
 
 def test_topic_hz_shows_a_rate(launched: tuple[Launch, Cameras]) -> None:

@@ -181,8 +181,10 @@ class SegmentationNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info(config)
+        served = self._engine.engine.config  # backend 'auto' resolved to the one that runs
+        backend = served.backend if served.backend == config.backend else f"{served.backend}, from {config.backend}"
         self.get_logger().info(
-            f"serving {config.model} ({config.backend}, {config.precision}, {config.device}) at "
+            f"serving {config.model} ({backend}, {config.precision}, {config.device}) at "
             f"{config.input_height}x{config.input_width} (HxW); "
             f"subscribed to {self.resolve_topic_name(Topics.IMAGE.name)}")
 
