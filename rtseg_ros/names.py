@@ -238,7 +238,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "The outputs are always reliable, which every subscriber accepts.",
         choices=RELIABILITIES, read_only=True),
     "qos_depth": ParameterSpec(
-        1, "History depth of the camera subscription and the output topics.", integer_range=(1, 100),
+        1, "History depth of the camera subscription and the output topics, and how many frames may wait for "
+        "the network: 1 serves only the newest frame (no backlog, the least latency); more absorb a slow frame "
+        "now and then without a drop, at that many frames of extra latency.", integer_range=(1, 100),
         read_only=True),
     "camera_width": ParameterSpec(
         0, "Width of the camera's frames, if known: the engines for that size (labels, and labels with "
@@ -248,6 +250,10 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "camera_height": ParameterSpec(
         0, "Height of the camera's frames, if known (see camera_width). 0: not known.",
         integer_range=(0, 16384), read_only=True),
+    "cpu_threads": ParameterSpec(
+        0, "CPU threads the network runs on (torch, ONNX Runtime and OpenVINO alike); 0: the engine's default "
+        "(all cores). Fewer leave cores to the middleware, the camera driver and other nodes.",
+        integer_range=(0, 1024), read_only=True),
     "image_timeout": ParameterSpec(
         2.0, "Seconds without a camera frame, after the first one, before /diagnostics turns WARN "
         "(the camera stopped).", float_range=(0.1, 3600.0)),

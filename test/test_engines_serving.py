@@ -19,28 +19,37 @@ def _wait(condition, timeout: float = 5.0) -> None:
 # Latest-frame worker ------------------------------------------------------------------------
 
 
-def test_worker_handles_only_the_newest_pending_item() -> None:
+@pytest.mark.parametrize("depth, displaced, handled", [
+    (1, [False, True, True, True, True], [0, 5]),  # one pending slot: only the newest waits
+    (3, [False, False, False, True, True], [0, 3, 4, 5]),  # 1 and 2 dropped once three wait
+])
+def test_worker_handles_the_newest_pending_items_in_order(depth: int, displaced: list[bool],
+                                                          handled: list[int]) -> None:
     started, release = threading.Event(), threading.Event()
-    handled: list[int] = []
+    done: list[int] = []
 
     def handle(item: int) -> None:
         if item == 0:
             started.set()
             release.wait(5)
-        handled.append(item)
+        done.append(item)
 
-    worker = LatestFrameWorker(handle)
+    worker = LatestFrameWorker(handle, depth=depth)
     try:
         assert worker.submit(0) is False
         assert started.wait(5)  # item 0 is in hand, blocked
-        displaced = [worker.submit(i) for i in range(1, 6)]
-        assert displaced == [False, True, True, True, True]
+        assert [worker.submit(i) for i in range(1, 6)] == displaced
         release.set()
-        _wait(lambda: len(handled) == 2)
+        _wait(lambda: len(done) == len(handled))
         time.sleep(0.05)
-        assert handled == [0, 5]
+        assert done == handled
     finally:
         worker.stop()
+
+
+def test_worker_refuses_a_depth_below_one() -> None:
+    with pytest.raises(ValueError, match="depth must be at least 1"):
+        LatestFrameWorker(lambda item: None, depth=0)
 
 
 def test_worker_survives_a_failing_handler() -> None:

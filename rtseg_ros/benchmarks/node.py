@@ -5,8 +5,11 @@ The real node runs in its own process (:func:`~rtseg_ros.ros.node_process.node_c
 plays the camera and the subscribers:
 
 - the camera publishes **pre-serialised** frames (built once per case; per frame only the stamp is
-  written and the bytes object made, and that copy is taken out of the latency), so what is measured is
-  the node, the middleware and the transport, not the test camera;
+  written and the bytes object made). What the camera itself spends, making that bytes object and the
+  ``publish`` call (rclpy's copy and the DDS write, in the camera's thread), is timed and taken out of
+  the overhead, so what is measured is the node, the middleware's delivery and the transport, not the
+  test camera; the report keeps the figure with the publish call left in too
+  (``overhead_incl_camera_publish_ms``);
 - subscribers take the outputs with ``raw=True`` and read only their header stamp, so their own
   deserialisation is left out too;
 - the node's ``segmentation/timings`` topic gives, per frame, the Segmenter's own time and when the node
@@ -140,6 +143,12 @@ class _Recorder:
             self.timings.clear()
 
 
+def camera_topic(transport: str) -> str:
+    """The bench camera's topic for ``transport`` (relative): one per message type, as image_transport
+    names them, since one DDS participant cannot hold a topic name with two types."""
+    return f"{Topics.IMAGE.name}/compressed" if transport == "compressed" else Topics.IMAGE.name
+
+
 class _Camera:
     """Publishes pre-serialised frames with fresh stamps; the stamping copy is timed and taken out."""
 
@@ -148,7 +157,7 @@ class _Camera:
         from sensor_msgs.msg import CompressedImage, Image
 
         kind = CompressedImage if transport == "compressed" else Image
-        self.publisher = node.create_publisher(kind, Topics.IMAGE.name,
+        self.publisher = node.create_publisher(kind, camera_topic(transport),
                                                QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.buffer = bytearray(frame)
         self.prepare_ns: dict[int, int] = {}  # stamp -> ns spent making the bytes after stamping
@@ -308,13 +317,16 @@ def _latency_case(bench: NodeBench, topics: list[str], frames: int, warmup: int,
     labels_topic = topics[0]
     rows: dict[str, list[float]] = {k: [] for k in (
         "segmenter_ms", "labels_latency_ms", "all_outputs_latency_ms", "overhead_ms", "all_outputs_overhead_ms",
+        "overhead_incl_camera_publish_ms",
         "transport_in_ms", "handoff_ms", "decode_ms", "around_segmenter_ms", "publish_ms", "transport_out_ms",
         "camera_copy_ms", "camera_publish_call_ms")}
     with recorder.lock:
         for stamp in stamps:
             timing = recorder.timings[stamp]
             copy_ns = camera.prepare_ns.get(stamp, 0)
-            sent = stamp + copy_ns  # the camera's own copy is not the node's
+            publish_ns = camera.publish_ns.get(stamp, 0)
+            # What the camera spends making and publishing its message is not the node's.
+            sent = stamp + copy_ns + publish_ns
             labels_at = recorder.arrivals[labels_topic][stamp]
             last_at = max(recorder.arrivals[t][stamp] for t in topics)
             segmenter = timing["segmenter_ms"]["total"]
@@ -323,6 +335,7 @@ def _latency_case(bench: NodeBench, topics: list[str], frames: int, warmup: int,
             rows["all_outputs_latency_ms"].append((last_at - sent) / 1e6)
             rows["overhead_ms"].append((labels_at - sent) / 1e6 - segmenter)
             rows["all_outputs_overhead_ms"].append((last_at - sent) / 1e6 - segmenter)
+            rows["overhead_incl_camera_publish_ms"].append((labels_at - sent + publish_ns) / 1e6 - segmenter)
             rows["transport_in_ms"].append((timing["received_ns"] - sent) / 1e6)
             rows["handoff_ms"].append((timing["started_ns"] - timing["received_ns"]) / 1e6)
             rows["decode_ms"].append((timing["decoded_ns"] - timing["started_ns"]) / 1e6)
@@ -330,7 +343,7 @@ def _latency_case(bench: NodeBench, topics: list[str], frames: int, warmup: int,
             rows["publish_ms"].append((timing["published_ns"] - timing["segmented_ns"]) / 1e6)
             rows["transport_out_ms"].append((last_at - timing["published_ns"]) / 1e6)
             rows["camera_copy_ms"].append(copy_ns / 1e6)
-            rows["camera_publish_call_ms"].append(camera.publish_ns.get(stamp, 0) / 1e6)
+            rows["camera_publish_call_ms"].append(publish_ns / 1e6)
     return {key: _percentiles(values) for key, values in rows.items()}
 
 
@@ -356,21 +369,45 @@ def _rate_trial(bench: NodeBench, labels_topic: str, rate_hz: float, duration_s:
 
 
 def _rate_search(bench: NodeBench, labels_topic: str, model_ms: float, duration_s: float, process: Any,
-                 fractions: Sequence[float]) -> dict[str, Any]:
-    """Rates at ``fractions`` of 1000 / model latency, rising; the highest with no drop."""
+                 fractions: Sequence[float], refinements: int = 2) -> dict[str, Any]:
+    """Rates at ``fractions`` of 1000 / model latency, rising, until one drops a frame; then
+    ``refinements`` halvings of the gap between the last rate with no drop and the first with one.
+    Returns the highest rate with no drop, against the model rate measured alone (``model_ms``) and
+    against the Segmenter's own time during that trial (the camera's and the middleware's work on the
+    same cores slows the network down)."""
     tried = []
-    best: RateResult | None = None
-    for fraction in fractions:
+
+    def attempt(fraction: float) -> RateResult:
         result = _rate_trial(bench, labels_topic, fraction * 1000.0 / model_ms, duration_s, process)
-        tried.append({**asdict(result), "dropped": result.dropped, "fraction_of_model_rate": fraction})
+        tried.append({**asdict(result), "dropped": result.dropped, "fraction_of_model_rate": round(fraction, 4)})
+        return result
+
+    best: RateResult | None = None
+    passed, failed = None, None
+    for fraction in fractions:
+        result = attempt(fraction)
         if result.dropped == 0:
-            best = result
-        elif best is not None:
-            break
+            best, passed = result, fraction
+        else:
+            failed = fraction
+            if best is not None:
+                break
+    if passed is not None and failed is not None and failed > passed:
+        for _ in range(refinements):
+            middle = (passed + failed) / 2
+            result = attempt(middle)
+            if result.dropped == 0:
+                best, passed = result, middle
+            else:
+                failed = middle
     model_rate = 1000.0 / model_ms
     return {"model_latency_ms": round(model_ms, 2), "model_rate_hz": round(model_rate, 2),
             "highest_zero_drop_rate_hz": round(best.rate_hz, 2) if best else None,
-            "ratio_to_model_rate": round(best.rate_hz / model_rate, 3) if best else None, "tried": tried}
+            "ratio_to_model_rate": round(best.rate_hz / model_rate, 3) if best else None,
+            "segmenter_ms_p50_at_that_rate": round(best.segmenter_ms_p50, 2) if best else None,
+            "ratio_to_segmenter_rate_at_that_rate": (round(best.rate_hz * best.segmenter_ms_p50 / 1000.0, 3)
+                                                     if best else None),
+            "tried": tried}
 
 
 def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, warmup: int = 2,
@@ -378,7 +415,8 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                    rate_duration_s: float = 4.0,
                    rate_fractions: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05),
                    log_dir: str | Path = ".", namespace: str = "/rtseg_bench",
-                   frame_timeout_s: float = 60.0, echo: Any = print) -> dict[str, Any]:
+                   frame_timeout_s: float = 60.0, node_settings: dict[str, Any] | None = None,
+                   echo: Any = print) -> dict[str, Any]:
     """Run the latency cases on a node serving ``config``, then (if ``rate_config``) the rate search.
 
     Args:
@@ -388,6 +426,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
         rate_config: the config of the rate search (one where the model is faster than the camera, e.g. a
             small network size), or ``None`` to skip it.
         rate_frame_size: the frames of the rate search (rgb8, labels only).
+        node_settings: node-only parameters of both nodes (``cpu_threads``, ``qos_depth`` ...), by name.
     """
     from rtseg_ros.ros.node_process import NodeProcess, loopback_dds_environment, node_command
 
@@ -406,8 +445,10 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
             if not group:
                 continue
             height, width = group[0].frame_size
-            settings = {"input_transport": transport, "camera_height": height, "camera_width": width}
-            command = node_command(config, node_settings=settings, namespace=namespace)
+            settings = {**(node_settings or {}), "input_transport": transport, "camera_height": height,
+                        "camera_width": width}
+            command = node_command(config, node_settings=settings, namespace=namespace,
+                                   remaps={Topics.IMAGE.name: camera_topic(transport)})
             with NodeProcess(command, log_dir / f"bench_node_{transport}.log") as process:
                 for case in group:
                     topics = [topic_of[name] for name in case.outputs.split("+")]
@@ -422,7 +463,8 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                     rows.append(row)
                     echo(f"{case.label}: segmenter {result['segmenter_ms']['p50']:.1f} ms, labels latency "
                          f"{result['labels_latency_ms']['p50']:.1f} ms, overhead p50 {result['overhead_ms']['p50']:.1f} "
-                         f"/ p95 {result['overhead_ms']['p95']:.1f} ms (all outputs p50 "
+                         f"/ p95 {result['overhead_ms']['p95']:.1f} ms, with the camera's publish call "
+                         f"{result['overhead_incl_camera_publish_ms']['p50']:.1f} ms (all outputs p50 "
                          f"{result['all_outputs_overhead_ms']['p50']:.1f} ms; in {result['transport_in_ms']['p50']:.1f}"
                          f", hand-off {result['handoff_ms']['p50']:.1f}, decode {result['decode_ms']['p50']:.1f}, "
                          f"around the Segmenter {result['around_segmenter_ms']['p50']:.1f}, publish "
@@ -430,7 +472,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
         rate = None
         if rate_config is not None:
             height, width = rate_frame_size
-            settings = {"camera_height": height, "camera_width": width}
+            settings = {**(node_settings or {}), "camera_height": height, "camera_width": width}
             command = node_command(rate_config, node_settings=settings, namespace=namespace)
             with NodeProcess(command, log_dir / "bench_node_rate.log") as process:
                 bench.subscribe([labels_topic])
@@ -442,12 +484,15 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                 rate = _rate_search(bench, labels_topic, model_ms, rate_duration_s, process, rate_fractions)
                 rate["frame_size"] = list(rate_frame_size)
                 rate["config"] = rate_config.diagnostic_fields()
-                echo(f"rate search at {height}x{width} rgb8, labels: model {model_ms:.1f} ms "
+                echo(f"rate search at {height}x{width} rgb8, labels: model {model_ms:.1f} ms alone "
                      f"({rate['model_rate_hz']:.1f} Hz); highest zero-drop rate {rate['highest_zero_drop_rate_hz']} Hz "
-                     f"({rate['ratio_to_model_rate']} of the model rate)")
+                     f"({rate['ratio_to_model_rate']} of the model rate; the Segmenter took "
+                     f"{rate['segmenter_ms_p50_at_that_rate']} ms p50 meanwhile, "
+                     f"{rate['ratio_to_segmenter_rate_at_that_rate']} of its rate then)")
     finally:
         bench.close()
-    return {"rows": rows, "rate_search": rate, "config": config.diagnostic_fields()}
+    return {"rows": rows, "rate_search": rate, "config": config.diagnostic_fields(),
+            "node_settings": dict(node_settings or {}), "dds_profile": "config/fastdds_localhost.xml"}
 
 
 def _header() -> Any:
@@ -466,20 +511,49 @@ def machine_state() -> dict[str, Any]:
 def write_report(path: str | Path, report: dict[str, Any], command: str, machine: dict[str, Any],
                  machine_after: dict[str, Any] | None = None) -> None:
     """The JSON report: the command, the machine (load average before and after) and the results."""
-    document = {"command": command, "machine": machine,
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    document = {"command": command, "date_utc": now, "machine": machine,
                 "load_average_after": (machine_after or {}).get("load_average"), **report}
     Path(path).write_text(json.dumps(document, indent=2) + "\n")
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of the latency rows."""
-    lines = ["| case | Segmenter ms p50 | labels latency ms p50 | overhead ms p50 / p95 | all outputs overhead p50 |",
-             "|---|---|---|---|---|"]
+    lines = ["| case | Segmenter ms p50 | labels latency ms p50 | overhead ms p50 / p95 | all outputs overhead p50 "
+             "| overhead with the camera's publish call p50 |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['case']} | {row['segmenter_ms']['p50']:.1f} | {row['labels_latency_ms']['p50']:.1f} | "
                      f"{row['overhead_ms']['p50']:.1f} / {row['overhead_ms']['p95']:.1f} | "
-                     f"{row['all_outputs_overhead_ms']['p50']:.1f} |")
+                     f"{row['all_outputs_overhead_ms']['p50']:.1f} | "
+                     f"{row['overhead_incl_camera_publish_ms']['p50']:.1f} |")
     return "\n".join(lines)
+
+
+def _node_settings(items: Iterable[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` texts -> node-only parameter values, typed as the parameter is.
+
+    Raises:
+        click.BadParameter: not ``NAME=VALUE``, not a node parameter, or one that sets the engine
+            (those come from the benchmark's own options).
+    """
+    import click
+
+    from rtseg_ros.names import PARAMETERS
+
+    settings = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        spec = PARAMETERS.get(name)
+        if not sep or spec is None:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE with a node parameter; see rtseg params",
+                                     param_hint="-p")
+        if spec.rebuilds_engine:
+            raise click.BadParameter(f"{name} sets the engine: use the benchmark's own options", param_hint="-p")
+        settings[name] = spec.parse(text)
+    return settings
 
 
 def _cli() -> Any:
@@ -509,10 +583,12 @@ def _cli() -> Any:
                   help="Network size of the rate search (a model faster than the camera); 'none' skips it.")
     @click.option("--rate-frame-size", default="720x1280", help="Camera frame size of the rate search.")
     @click.option("--rate-duration", default=4.0, type=click.FloatRange(min=0.5), help="Seconds per rate tried.")
+    @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+                  help="A node-only parameter of both nodes (repeatable), e.g. -p cpu_threads=1 -p qos_depth=2.")
     @click.option("--log-dir", type=click.Path(file_okay=False), default=".", help="Where the node logs go.")
     @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON here.")
     def node(model, resolution, backend, output_resolution, frame_sizes, encodings, full, frames, warmup,
-             rate_resolution, rate_frame_size, rate_duration, log_dir, json_path) -> None:
+             rate_resolution, rate_frame_size, rate_duration, params, log_dir, json_path) -> None:
         """Overhead of the segmentation node around its Segmenter, and the highest camera rate it serves.
 
         Starts the real node, feeds it pre-serialised frames and reports, per row, the Segmenter's time,
@@ -544,13 +620,15 @@ def _cli() -> Any:
                    f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")
         report = run_node_bench(config, cases, frames=frames, warmup=warmup, rate_config=rate_config,
                                 rate_frame_size=parse_size(rate_frame_size), rate_duration_s=rate_duration,
-                                log_dir=log_dir, echo=click.echo)
+                                log_dir=log_dir, node_settings=_node_settings(params), echo=click.echo)
         after = machine_state()
         click.echo("")
         click.echo(format_table(report["rows"]))
         click.echo(f"load average after: {', '.join(f'{v:.2f}' for v in after['load_average'])}")
         if json_path:
-            command = " ".join(["rtseg bench node", *(shlex.quote(a) for a in sys.argv[3:])])
+            args = sys.argv[1:]
+            args = args[2:] if args[:2] == ["bench", "node"] else args  # rtseg bench node / python -m
+            command = " ".join(["rtseg bench node", *(shlex.quote(a) for a in args)])
             write_report(json_path, report, command, machine, after)
             click.echo(f"wrote {json_path}")
 

@@ -6,6 +6,7 @@ Subcommands live next to the code they drive and are imported only when invoked,
 from __future__ import annotations
 
 import importlib
+import signal
 
 import click
 
@@ -58,3 +59,10 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="rtseg")
 def main() -> None:
     """rtseg_ros: real-time semantic segmentation for ROS 2."""
+    # SIGTERM (a supervisor, `timeout`, `kill`) unwinds like Ctrl-C, so the nodes a command started
+    # (demo, live evaluation, bench node) are stopped by their harness instead of being orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

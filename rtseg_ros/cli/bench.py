@@ -1,4 +1,5 @@
-"""``rtseg bench``: latency matrix of the Segmenter backends against the authors'-style baseline."""
+"""``rtseg bench``: latency matrix of the Segmenter backends against the authors'-style baseline;
+``rtseg bench node``: what the segmentation node adds around its Segmenter (:mod:`rtseg_ros.benchmarks.node`)."""
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,30 @@ def _weights(values: tuple[str, ...]) -> dict[str, str]:
     return mapping
 
 
-@click.command(context_settings={"show_default": True})
+class BenchGroup(click.Group):
+    """``rtseg bench [OPTIONS]`` runs the engine matrix; ``rtseg bench node ...`` the node benchmark.
+
+    The node command is made on first use: it is built by :mod:`rtseg_ros.benchmarks.node`, which
+    imports rclpy when it runs, and ``rtseg bench --help`` must not.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return ["node"]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name != "node":
+            return None
+        from rtseg_ros.benchmarks.node import _cli
+
+        return _cli()
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([("node", "Overhead of the segmentation node around its Segmenter, and the "
+                                         "highest camera rate it serves (rtseg bench node --help).")])
+
+
+@click.group(cls=BenchGroup, invoke_without_command=True, context_settings={"show_default": True})
 @click.option("--model", "models", multiple=True, default=(MODEL_NAMES[0],), type=click.Choice(MODEL_NAMES),
               help="Network(s) to measure (repeat the option for several).")
 @click.option("--resolution", "resolutions", multiple=True, default=("512x1024",),
@@ -53,9 +77,10 @@ def _weights(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table, with the command and the machine, as Markdown here.")
-def bench(models, resolutions, scales, backends, precisions, device, frame_size, output_resolution, confidence,
-          warmup, iters, weights, threads, cache_dir, calibration_data, calibration_frames, json_path,
-          markdown_path) -> None:
+@click.pass_context
+def bench(ctx: click.Context, models, resolutions, scales, backends, precisions, device, frame_size,
+          output_resolution, confidence, warmup, iters, weights, threads, cache_dir, calibration_data,
+          calibration_frames, json_path, markdown_path) -> None:
     """Latency/FPS/memory matrix over models, resolutions, scales, backends and precisions.
 
     The rows of one model, resolution and scales run in one loop with the authors'-style pipeline:
@@ -67,6 +92,8 @@ def bench(models, resolutions, scales, backends, precisions, device, frame_size,
     rtseg bench --model mfaranet --backend torch --backend onnxruntime --backend openvino \\
         --precision fp32 --precision int8 --json bench.json --markdown bench.md
     """
+    if ctx.invoked_subcommand is not None:  # rtseg bench node: its options are its own
+        return
     import torch
 
     from rtseg_ros.benchmarks.engines import (

@@ -33,6 +33,7 @@ _LAZY = {
     "FrameError": "rtseg_ros.engines.preprocessing",
     "SegmentationResult": "rtseg_ros.engines.segmenter",
     "Segmenter": "rtseg_ros.engines.segmenter",
+    "set_cpu_threads": "rtseg_ros.engines.segmenter",
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "SegmenterConfig",
     "check_runtime",
     "default_cache_dir",
+    "set_cpu_threads",
 ]
 
 

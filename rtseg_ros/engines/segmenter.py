@@ -18,6 +18,23 @@ from rtseg_ros.engines.registry import create_engine
 LOG = logging.getLogger(__name__)
 
 
+def set_cpu_threads(threads: int) -> int:
+    """Run the networks of this process on ``threads`` CPU threads (0: leave the default, all cores).
+
+    Every backend takes its thread count from torch's (ONNX Runtime's intra-op threads, OpenVINO's
+    ``INFERENCE_NUM_THREADS``), so this is the one knob; call it before building a Segmenter.
+    Returns the count in effect.
+
+    Raises:
+        ValueError: a negative count.
+    """
+    if threads < 0:
+        raise ValueError(f"cpu threads must be 0 (default) or more, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 @dataclass
 class SegmentationResult:
     """The segmentation of one frame.

@@ -6,6 +6,7 @@ engine while a new one builds) hold for any caller and are tested on their own.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -21,49 +22,58 @@ Config = TypeVar("Config")
 
 
 class LatestFrameWorker(Generic[Item]):
-    """Runs ``handle(item)`` on its own thread for the newest submitted item only.
+    """Runs ``handle(item)`` on its own thread for the newest ``depth`` submitted items.
 
-    There is one pending slot: an item submitted while another is still pending replaces it, so
-    the handler never works through a backlog of stale frames. ``submit`` says whether it
-    replaced one, for the caller's drop count.
+    With ``depth`` 1 there is one pending slot: an item submitted while another is still pending
+    replaces it, so the handler never works through a backlog of stale frames. A larger ``depth``
+    lets that many wait (oldest first), which absorbs a frame now and then that takes longer than the
+    camera's period, at the price of that much more latency; when the queue is full the oldest
+    pending item is dropped. ``submit`` says whether it dropped one, for the caller's drop count.
+
+    Raises:
+        ValueError: a ``depth`` below 1.
     """
 
-    def __init__(self, handle: Callable[[Item], None], name: str = "latest-frame-worker") -> None:
+    def __init__(self, handle: Callable[[Item], None], name: str = "latest-frame-worker", depth: int = 1) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
         self._handle = handle
-        self._pending: Item | None = None
-        self._has_pending = False
+        self._pending: collections.deque[Item] = collections.deque()
+        self._depth = depth
         self._stopping = False
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, item: Item) -> bool:
-        """Make ``item`` the next one to handle; returns True if it displaced a pending item."""
+        """Queue ``item``; returns True if that dropped the oldest pending item."""
         with self._condition:
-            displaced = self._has_pending
-            self._pending, self._has_pending = item, True
+            displaced = len(self._pending) >= self._depth
+            if displaced:
+                self._pending.popleft()
+            self._pending.append(item)
             self._condition.notify()
         return displaced
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Finish the item in hand, drop the pending one and end the thread."""
+        """Finish the item in hand, drop the pending ones and end the thread."""
         with self._condition:
             self._stopping = True
-            self._pending, self._has_pending = None, False
+            self._pending.clear()
             self._condition.notify()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._has_pending and not self._stopping:
+                while not self._pending and not self._stopping:
                     self._condition.wait()
                 if self._stopping:
                     return
-                item, self._pending, self._has_pending = self._pending, None, False
+                item = self._pending.popleft()
             # The handler reports its own errors; this guard only keeps the thread alive.
             try:
-                self._handle(item)  # type: ignore[arg-type]
+                self._handle(item)
             except Exception:  # noqa: BLE001
                 _log.exception("frame handler failed")
 

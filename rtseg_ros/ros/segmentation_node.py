@@ -52,7 +52,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from rtseg_ros.engines import Segmenter, SegmenterConfig
+from rtseg_ros.engines import Segmenter, SegmenterConfig, set_cpu_threads
 from rtseg_ros.engines.serving import EngineSwapper, LatestFrameWorker
 from rtseg_ros.engines.variant_build import build_in_child
 from rtseg_ros.io.images import ImageDecodeError
@@ -155,6 +155,8 @@ class SegmentationNode(Node):
             DiagnosticArray, Topics.DIAGNOSTICS.name, qos_profile(Topics.DIAGNOSTICS.qos))
         self._timings_pub = self.create_publisher(String, Topics.TIMINGS.name, qos_profile(Topics.TIMINGS.qos))
 
+        # Before the first engine: every backend takes its thread count from torch's.
+        self._cpu_threads = set_cpu_threads(int(values["cpu_threads"]))
         if config.weights is None:
             self.get_logger().warning(
                 "no 'weights' set: running with UNTRAINED random weights, the labels are meaningless")
@@ -163,7 +165,8 @@ class SegmentationNode(Node):
                 self._build_segmenter, config, on_swap=self._on_engine_swapped, on_failure=self._on_engine_failed)
         except (ValueError, OSError) as exc:
             raise StartupError(_engine_error_message(config, exc)) from None
-        self._worker: LatestFrameWorker[tuple[bytes, int]] = LatestFrameWorker(self._process_frame)
+        # qos_depth frames may wait for the network (1: only the newest, no backlog of stale frames).
+        self._worker: LatestFrameWorker[tuple[bytes, int]] = LatestFrameWorker(self._process_frame, depth=depth)
 
         # raw=True: the callback gets the serialised message, which the worker reads in place (frame_path).
         transport = values["input_transport"]
@@ -185,7 +188,7 @@ class SegmentationNode(Node):
         backend = served.backend if served.backend == config.backend else f"{served.backend}, from {config.backend}"
         self.get_logger().info(
             f"serving {config.model} ({backend}, {config.precision}, {config.device}) at "
-            f"{config.input_height}x{config.input_width} (HxW); "
+            f"{config.input_height}x{config.input_width} (HxW) on {self._cpu_threads} CPU thread(s); "
             f"subscribed to {self.resolve_topic_name(Topics.IMAGE.name)}")
 
     def destroy_node(self) -> None:
