@@ -76,13 +76,13 @@ def in_workspace(command: str) -> list[str]:
 
 # What the ros2 CLI says when discovery has not found the node yet (ros2-tools README: retry it).
 NOT_DISCOVERED = ("Node not found", "Unable to find node")
-# `ros2 topic echo` without a type exits 1 with these when it has missed the publisher; `ros2 topic hz`
-# prints the first one too, but goes on waiting and succeeds, so only a failed command is retried on them.
+# `ros2 topic echo` without a type exits 1 with these when it has missed the publisher. `ros2 topic hz`
+# prints the first one too but goes on waiting and succeeds, so a command stopped by SIGINT is not retried on them.
 TOPIC_NOT_DISCOVERED = ("does not appear to be published yet", "Could not determine the type for the passed topic")
 
 
 def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | None = None,
-                     discovery_retries: int = 5) -> tuple[int, str]:
+                     discovery_retries: int = 5, retry_on_timeout: bool = False) -> tuple[int, str]:
     """Run ``command`` from the sourced workspace; returns (exit code, stdout and stderr).
 
     Args:
@@ -90,11 +90,16 @@ def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | No
         stop_after_s: send SIGINT after this long (for commands that run until stopped, ``ros2 topic hz``).
         discovery_retries: run it again (after a second) this many times while the CLI has not
             discovered the node (or its topic) yet; on a loaded machine a fresh CLI process can miss it once.
+        retry_on_timeout: also run it again when it was killed at ``timeout_s``. ``ros2 topic echo --once``
+            of a latched topic needs it: the CLI picks its QoS from the publishers it has discovered so far,
+            and when it has seen none yet it subscribes volatile and waits for ever for a message that was
+            published once (ros2topic's ``EchoVerb.choose_qos``).
     """
     for _ in range(discovery_retries):
         code, output = _run_once(command, timeout_s, stop_after_s)
-        missed = any(message in output for message in NOT_DISCOVERED) or (
-            code != 0 and any(message in output for message in TOPIC_NOT_DISCOVERED))
+        missed = (any(message in output for message in NOT_DISCOVERED)
+                  or (stop_after_s is None and code != 0 and any(message in output for message in TOPIC_NOT_DISCOVERED))
+                  or (retry_on_timeout and code == -signal.SIGKILL))
         if not missed:
             return code, output
         time.sleep(1.0)

@@ -147,6 +147,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert summary["weights"] == "" and summary["weights_note"] == "UNTRAINED random weights"
     assert summary["frames_published"] >= 10 and 0 < summary["frames_segmented"] <= summary["frames_published"]
     assert summary["latency_p50_ms"] > 0
+    # frames go out only once the node is ready, so the first labels come after that
+    assert 0 < summary["node_ready_s"] < summary["first_labels_s"]
     overlay = cv2.imread(str(out / "overlay.png"))
     assert overlay is not None and overlay.shape == (64, 128, 3)
     assert (out / "overlay.mp4").stat().st_size > 0 and (out / "node.log").is_file()

@@ -40,7 +40,7 @@ def demo(source: str, weights: str | None, untrained: bool, config: str, model: 
     """Run the segmentation node on a camera source and print live statistics.
 
     Without --weights it runs the toy model, training it first when it is not cached
-    (~/.cache/rtseg_ros/models/synthetic_toy.pth; Ctrl-C stops the training, the next run continues it).
+    (models/synthetic_toy.pth of $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros; Ctrl-C stops the training, the next run continues it).
 
     The node runs in its own process and DDS stays on this host (unless ROS_AUTOMATIC_DISCOVERY_RANGE
     and FASTRTPS_DEFAULT_PROFILES_FILE are set already). Every second: camera and output rates,
@@ -61,7 +61,7 @@ def demo(source: str, weights: str | None, untrained: bool, config: str, model: 
     click.echo(
         f"published {summary.frames_published} frames, segmented {summary.frames_segmented}, "
         f"dropped by the node {summary.frames_dropped_by_node}; latency p50 {summary.latency_p50_ms:.0f} ms, "
-        f"p95 {summary.latency_p95_ms:.0f} ms")
+        f"p95 {summary.latency_p95_ms:.0f} ms; first labels {summary.first_labels_s:.1f} s after the node started")
     if not summary.weights:
         click.echo("(the labels came from UNTRAINED random weights: they show speed, not segmentation)")
     if summary.overlay_png:

@@ -44,6 +44,7 @@ from rtseg_ros.names import (
     ParameterSpec,
     normalize_scales,
 )
+from rtseg_ros.user_cache import cache_dir as default_cache_dir  # engines live in the user cache
 
 if TYPE_CHECKING:
     from rtseg_ros.datasets.labels import LabelSet
@@ -75,15 +76,6 @@ def openvino_device_name(device: str) -> str:
 
 class ConfigError(ValueError):
     """A segmenter setting, or a combination of settings, that cannot work."""
-
-
-def default_cache_dir() -> Path:
-    """Where exported and compiled engines are kept: ``$RTSEG_ROS_CACHE``, else ``~/.cache/rtseg_ros``."""
-    explicit = os.environ.get("RTSEG_ROS_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "rtseg_ros"
 
 
 @dataclass

@@ -6,7 +6,8 @@ expect and where a user can fetch them. ``resolve_weights`` looks for files in, 
 1. ``$RTSEG_MODELS_DIR``
 2. ``./models`` (the current directory)
 3. ``share/rtseg_ros/models`` of the install prefix (pip) and of every ``$AMENT_PREFIX_PATH`` entry (colcon)
-4. ``~/.cache/rtseg_ros/models``
+4. the user cache's ``models/`` (:func:`rtseg_ros.user_cache.models_dir`: ``$RTSEG_ROS_CACHE/models``,
+   by default ``~/.cache/rtseg_ros/models``)
 
 and, for an editable/source checkout, the repository's own ``models/``.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from rtseg_ros.nets.checkpoint import WeightsError, weights_hash
+from rtseg_ros.user_cache import models_dir
 
 MANIFEST_NAME = "manifest.yaml"
 _SOURCE_MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -49,7 +51,7 @@ def search_dirs() -> list[Path]:
     candidates.append(Path.cwd() / "models")
     prefixes = [Path(sys.prefix)] + [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     candidates += [prefix / "share" / "rtseg_ros" / "models" for prefix in prefixes]
-    candidates.append(Path.home() / ".cache" / "rtseg_ros" / "models")
+    candidates.append(models_dir())
     candidates.append(_SOURCE_MODELS)
     unique: list[Path] = []
     for path in candidates:

@@ -29,6 +29,7 @@ from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.engines import SegmenterConfig
 from rtseg_ros.io.frames import FrameSourceError, is_bag, open_frames, synthetic_frames
 from rtseg_ros.names import PARAMETERS, Topics
+from rtseg_ros.user_cache import cache_dir, models_dir
 from rtseg_ros.ros.node_process import (
     NodeExitedError,
     NodeProcess,
@@ -56,9 +57,9 @@ __all__ = [
 ]
 
 # Where the ``synthetic`` training recipe leaves its toy model; the demo uses it when present.
-TOY_WEIGHTS = Path("~/.cache/rtseg_ros/models/synthetic_toy.pth").expanduser()
+TOY_WEIGHTS = models_dir() / "synthetic_toy.pth"
 # The demo trains the toy model here (resume file, logs); only the finished weights go to TOY_WEIGHTS.
-TOY_RUN_DIR = Path("~/.cache/rtseg_ros/toy_training").expanduser()
+TOY_RUN_DIR = cache_dir() / "toy_training"
 TOY_RECIPE = "synthetic"
 IMAGE_TOPIC = "/rtseg_demo/camera/image_raw"
 SYNTHETIC_SCENES = 8
@@ -131,6 +132,9 @@ class DemoSummary:
     overlay_png: str = ""
     side_by_side_png: str = ""
     toy_training_s: float = 0.0
+    # From the node's process start: label_info in and the camera connected; the first labels received.
+    node_ready_s: float = math.nan
+    first_labels_s: float = math.nan
     overlay_video: str = ""
     node_log: str = ""
     node_command: list[str] = field(default_factory=list)
@@ -391,17 +395,21 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
 
     echo(f"starting the node (log: {summary.node_log})")
     try:
+        node_started = time.monotonic()
         with NodeProcess(command, summary.node_log) as node:
             video = out_dir / "overlay.mp4" if settings.video else None
             with DemoClient(IMAGE_TOPIC, frames, settings.rate_hz, video=video) as client:
                 node.wait_ready(lambda: client.ready, settings.startup_timeout_s, client.spin_once)
-                echo(f"node ready: {client.label_info_text}")
+                summary.node_ready_s = time.monotonic() - node_started
+                echo(f"node ready {summary.node_ready_s:.1f} s after its start: {client.label_info_text}")
                 try:
                     client.run(settings.duration_s, echo, check=node.check_running)
                 except KeyboardInterrupt:
                     echo("interrupted: stopping the camera and the node")
                 for name, value in client.figures().items():
                     setattr(summary, name, value)
+                if client.first_labels_s is not None:
+                    summary.first_labels_s = client.first_labels_s - node_started
                 overlay = client.last_overlay
                 if overlay is not None:
                     summary.overlay_png = str(out_dir / "overlay.png")

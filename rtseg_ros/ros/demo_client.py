@@ -63,6 +63,7 @@ class DemoClient:
         self._last_video_stamp: Time | None = None
         self.last_overlay: np.ndarray | None = None
         self._window_start = (0, 0, 0)  # published, received, latency count at the last report
+        self.first_labels_s: float | None = None  # time.monotonic() when the first labels came
 
     def __enter__(self) -> DemoClient:
         return self
@@ -135,6 +136,8 @@ class DemoClient:
         if topic == self._overlay_topic:
             self._on_overlay(msg)
         elif topic == self._labels_topic:
+            if self.first_labels_s is None:
+                self.first_labels_s = time.monotonic()
             self._keep("labels", msg.header.stamp, label_msg_to_array(msg).copy())
 
     def _keep(self, kind: str, stamp: Any, array: np.ndarray) -> None:

@@ -183,7 +183,7 @@ class SegmentationNode(Node):
         # callback is the only one, so a change it accepts is the change rclpy makes.
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
-        self._publish_label_info(config)
+        self._publish_label_info()
         served = self._engine.engine.config  # backend 'auto' resolved to the one that runs
         backend = served.backend if served.backend == config.backend else f"{served.backend}, from {config.backend}"
         self.get_logger().info(
@@ -251,7 +251,7 @@ class SegmentationNode(Node):
             f"now serving {config.model} {config.backend}/{config.precision} at "
             f"{config.input_height}x{config.input_width}, scales {list(config.scales)}")
         self._hardware_id = device_name(config.device)
-        self._publish_label_info(config)
+        self._publish_label_info()
 
     def _on_engine_failed(self, config: SegmenterConfig, error: Exception) -> None:
         self.get_logger().error(f"{_engine_error_message(config, error)}; still serving the previous engine")
@@ -390,13 +390,15 @@ class SegmentationNode(Node):
 
     # Status --------------------------------------------------------------------------------
 
-    def _publish_label_info(self, config: SegmenterConfig) -> None:
+    def _publish_label_info(self) -> None:
         """label_info (LabelInfo) and its companion label_info_meta (JSON) for the engine in service."""
         engine = self._engine.engine
         msg = label_info_message(engine.label_set.class_names)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._label_info_pub.publish(msg)
-        self._label_info_meta_pub.publish(String(data=json.dumps(config.label_info_fields(engine.weights_id))))
+        # The served engine's config: backend 'auto' appears as the backend it resolved to.
+        self._label_info_meta_pub.publish(String(data=json.dumps(
+            engine.config.label_info_fields(engine.weights_id, engine.label_set))))
 
     def _publish_diagnostics(self) -> None:
         engine = self._engine.config.diagnostic_fields()

@@ -57,6 +57,7 @@ from rtseg_ros.training.metrics_log import RunLog
 from rtseg_ros.training.optim import build_optimizer, build_scheduler
 from rtseg_ros.training.recipe import RecipeError, validate_recipe
 from rtseg_ros.training.transforms import build_train_transform
+from rtseg_ros.user_cache import expand_path
 
 LOG = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Trainer:
         validate_recipe(self.recipe)
         self.stop_after = stop_after
         self._join_run()
-        self.output_dir = Path(str(self.recipe["output"]["dir"]).format(name=self.recipe["name"])).expanduser()
+        self.output_dir = expand_path(self.recipe["output"]["dir"], name=self.recipe["name"])
         # Data first: the cheapest checks, and the ones most often wrong.
         self._prepare_data()
         resume_state = read_resume_checkpoint(resume) if resume is not None else None
@@ -189,9 +190,10 @@ class Trainer:
         scales = tuple(model_cfg["scales"]) if model_cfg["name"] == "mfaranet" else ALL_SCALES
         model = build_model(model_cfg["name"], self.num_classes, scales, training_heads=True)
         if fresh and init["backbone"]:
-            load_imagenet_weights(model, Path(init["backbone"]).expanduser())
+            load_imagenet_weights(model, expand_path(init["backbone"], name=self.recipe["name"]))
         if fresh and init["weights"]:
-            report = load_checkpoint(model, Path(init["weights"]).expanduser(), strict_classes=False)
+            report = load_checkpoint(model, expand_path(init["weights"], name=self.recipe["name"]),
+                                     strict_classes=False)
             if report.reinitialized:
                 self._log("fine-tuning from %s (%s classes) to %d classes: re-initialised %s",
                           init["weights"], report.checkpoint_classes, self.num_classes,
@@ -291,7 +293,7 @@ class Trainer:
         final = self._save_weights(FINAL_FILE)
         target = self.recipe["output"]["weights"]
         if target:
-            target_path = Path(str(target)).expanduser()
+            target_path = expand_path(target, name=self.recipe["name"])
             copy_weights(final, target_path)
             self._log("final weights copied to %s", target_path)
         self._log("done: %d iterations, best mIoU %.4f, last %.4f, weights %s", self.iteration,
