@@ -142,6 +142,9 @@ def test_the_default_launch_serves_the_cpu_config(launched: tuple[Launch, Camera
     assert "subscribed to /camera/image_raw" in launch.log()
     # cpu.yaml asks for backend auto; the log names the backend that was taken
     assert re.search(r"serving atonet \((openvino|onnxruntime|compile|torch), from auto, ", launch.log()), launch.log()
+    cameras.wait(lambda: "backend" in listener.status, 30.0, "a /diagnostics status", launch)
+    assert listener.status["backend"] in ("openvino", "onnxruntime", "compile", "torch"), listener.status
+    assert listener.label_info_meta["backend"] == listener.status["backend"]
 
 
 def test_topic_hz_shows_a_rate(launched: tuple[Launch, Cameras]) -> None:

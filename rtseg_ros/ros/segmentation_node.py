@@ -184,10 +184,8 @@ class SegmentationNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
         self._publish_label_info()
-        served = self._engine.engine.config  # backend 'auto' resolved to the one that runs
-        backend = served.backend if served.backend == config.backend else f"{served.backend}, from {config.backend}"
         self.get_logger().info(
-            f"serving {config.model} ({backend}, {config.precision}, {config.device}) at "
+            f"serving {config.model} ({self._served_backend(config)}, {config.precision}, {config.device}) at "
             f"{config.input_height}x{config.input_width} (HxW) on {self._cpu_threads} CPU thread(s); "
             f"subscribed to {self.resolve_topic_name(Topics.IMAGE.name)}")
 
@@ -246,9 +244,14 @@ class SegmentationNode(Node):
                 continue
             self.get_logger().info(f"{what} ready after {time.monotonic() - start:.1f} s")
 
+    def _served_backend(self, config: SegmenterConfig) -> str:
+        """The backend of the engine in service, and ``config``'s if that was 'auto' (``openvino, from auto``)."""
+        served = self._engine.engine.config.backend  # the Segmenter's config has 'auto' resolved
+        return served if served == config.backend else f"{served}, from {config.backend}"
+
     def _on_engine_swapped(self, config: SegmenterConfig) -> None:
         self.get_logger().info(
-            f"now serving {config.model} {config.backend}/{config.precision} at "
+            f"now serving {config.model} ({self._served_backend(config)}, {config.precision}) at "
             f"{config.input_height}x{config.input_width}, scales {list(config.scales)}")
         self._hardware_id = device_name(config.device)
         self._publish_label_info()
@@ -401,7 +404,7 @@ class SegmentationNode(Node):
             engine.config.label_info_fields(engine.weights_id, engine.label_set))))
 
     def _publish_diagnostics(self) -> None:
-        engine = self._engine.config.diagnostic_fields()
+        engine = self._engine.engine.config.diagnostic_fields()  # the backend 'auto' resolved to
         status = diagnostic_status(diagnostic_name(self.get_fully_qualified_name()), self._stats.report(), engine,
                                    self._engine.state, self._engine.last_error,
                                    image_timeout_s=self._image_timeout_s, hardware_id=self._hardware_id)
