@@ -82,7 +82,7 @@ def test_a_wrong_node_setting_is_refused_before_any_node_starts() -> None:
 
     from rtseg_ros.cli import main
 
-    for argument, message in (("qos_depth", "is not NAME=VALUE"), ("frobnicate=1", "is not NAME=VALUE"),
+    for argument, message in (("qos_depth", "is not NAME=VALUE"), ("frobnicate=1", "unknown node parameter 'frobnicate'"),
                               ("backend=torch", "backend sets the engine")):
         result = CliRunner().invoke(main, ["bench", "node", "-p", argument])
         assert result.exit_code == 2 and message in result.output, result.output

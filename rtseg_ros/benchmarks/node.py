@@ -533,26 +533,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _node_settings(items: Iterable[str]) -> dict[str, Any]:
-    """``NAME=VALUE`` texts -> node-only parameter values, typed as the parameter is.
+    """``-p NAME=VALUE`` texts -> node-only parameter values (:func:`rtseg_ros.cli.options.parse_parameter`).
 
     Raises:
-        click.BadParameter: not ``NAME=VALUE``, not a node parameter, or one that sets the engine
-            (those come from the benchmark's own options).
+        click.BadParameter: not a node parameter, or one that sets the engine (those come from the
+            benchmark's own options).
     """
     import click
 
+    from rtseg_ros.cli.options import parse_parameter
     from rtseg_ros.names import PARAMETERS
 
-    settings = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        spec = PARAMETERS.get(name)
-        if not sep or spec is None:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE with a node parameter; see rtseg params",
-                                     param_hint="-p")
-        if spec.rebuilds_engine:
+    settings = dict(parse_parameter(item) for item in items)
+    for name in settings:
+        if PARAMETERS[name].rebuilds_engine:
             raise click.BadParameter(f"{name} sets the engine: use the benchmark's own options", param_hint="-p")
-        settings[name] = spec.parse(text)
     return settings
 
 

@@ -14,24 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from rtseg_ros.cli.options import parse_size
-
-
-def _parameter(item: str) -> tuple[str, Any]:
-    from rtseg_ros.names import PARAMETERS
-
-    name, sep, text = item.partition("=")
-    name = name.rstrip(":")  # also take ROS's own spelling, NAME:=VALUE
-    if not sep or not name:
-        raise click.BadParameter(f"{item!r} is not NAME=VALUE")
-    if name not in PARAMETERS:
-        raise click.BadParameter(f"unknown node parameter {name!r}; see `rtseg params`")
-    value = yaml.safe_load(text) if text else ""
-    if isinstance(PARAMETERS[name].default, str) and not isinstance(value, str):
-        value = text  # a string parameter keeps what was typed (e.g. weights=2024.pth)
-    return name, value
+from rtseg_ros.cli.options import parse_parameter, parse_size
 
 
 def _params_file(path: str) -> Path:
@@ -101,7 +85,7 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
             values.update(read_params_file(_params_file(params_file), node_name or NODE_NAME))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-    values.update(_parameter(item) for item in params)
+    values.update(parse_parameter(item) for item in params)
 
     from rtseg_ros.engines import ConfigError, SegmenterConfig
 

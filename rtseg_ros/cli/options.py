@@ -1,5 +1,7 @@
-"""Parsers for option values that several subcommands share (sizes, MFARANet scales)."""
+"""Parsers for option values that several subcommands share (sizes, MFARANet scales, node parameters)."""
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -34,3 +36,18 @@ def parse_scales(value: str) -> tuple[int, ...]:
 def size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     """``click`` option callback around :func:`parse_size`; an absent option stays ``None``."""
     return None if value is None else parse_size(value)
+
+
+def parse_parameter(item: str) -> tuple[str, Any]:
+    """A ``-p NAME=VALUE`` (or ROS's ``NAME:=VALUE``) node parameter, its value typed as the parameter
+    is (:meth:`rtseg_ros.names.ParameterSpec.parse`); raise ``click.BadParameter`` if it is not one."""
+    from rtseg_ros.names import PARAMETERS
+
+    name, sep, text = item.partition("=")
+    name = name.rstrip(":")
+    if not sep or not name:
+        raise click.BadParameter(f"{item!r} is not NAME=VALUE")
+    spec = PARAMETERS.get(name)
+    if spec is None:
+        raise click.BadParameter(f"unknown node parameter {name!r}; see `rtseg params`")
+    return name, spec.parse(text) if text else ""
