@@ -107,7 +107,7 @@ class Trainer:
         validate_recipe(self.recipe)
         self.stop_after = stop_after
         self._join_run()
-        self.output_dir = expand_path(self.recipe["output"]["dir"], name=self.recipe["name"])
+        self.output_dir = self._recipe_path(self.recipe["output"]["dir"])
         # Data first: the cheapest checks, and the ones most often wrong.
         self._prepare_data()
         resume_state = read_resume_checkpoint(resume) if resume is not None else None
@@ -125,6 +125,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     # Construction
+
+    def _recipe_path(self, text: str) -> Path:
+        """A path of the recipe: ``{cache}`` the user cache, ``{name}`` the recipe's name, ``~`` home."""
+        return expand_path(text, name=self.recipe["name"])
 
     def _join_run(self) -> None:
         """The process group (under torchrun) and this process's device."""
@@ -190,10 +194,9 @@ class Trainer:
         scales = tuple(model_cfg["scales"]) if model_cfg["name"] == "mfaranet" else ALL_SCALES
         model = build_model(model_cfg["name"], self.num_classes, scales, training_heads=True)
         if fresh and init["backbone"]:
-            load_imagenet_weights(model, expand_path(init["backbone"], name=self.recipe["name"]))
+            load_imagenet_weights(model, self._recipe_path(init["backbone"]))
         if fresh and init["weights"]:
-            report = load_checkpoint(model, expand_path(init["weights"], name=self.recipe["name"]),
-                                     strict_classes=False)
+            report = load_checkpoint(model, self._recipe_path(init["weights"]), strict_classes=False)
             if report.reinitialized:
                 self._log("fine-tuning from %s (%s classes) to %d classes: re-initialised %s",
                           init["weights"], report.checkpoint_classes, self.num_classes,
@@ -293,7 +296,7 @@ class Trainer:
         final = self._save_weights(FINAL_FILE)
         target = self.recipe["output"]["weights"]
         if target:
-            target_path = expand_path(target, name=self.recipe["name"])
+            target_path = self._recipe_path(target)
             copy_weights(final, target_path)
             self._log("final weights copied to %s", target_path)
         self._log("done: %d iterations, best mIoU %.4f, last %.4f, weights %s", self.iteration,
