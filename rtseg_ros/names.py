@@ -254,6 +254,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
         0, "CPU threads the network runs on (torch, ONNX Runtime and OpenVINO alike); 0: the engine's default "
         "(all cores). Fewer leave cores to the middleware, the camera driver and other nodes.",
         integer_range=(0, 1024), read_only=True),
+    "direct_io": ParameterSpec(
+        True, "Take camera frames and publish output images through rcl's serialised-message calls, each frame "
+        "handled on the thread that took it: one copy fewer each way than rclpy and no hand-off between threads. "
+        "false: rclpy's executor and Publisher.publish (also used, with a warning, where rcl cannot be reached).",
+        read_only=True),
     "image_timeout": ParameterSpec(
         2.0, "Seconds without a camera frame, after the first one, before /diagnostics turns WARN "
         "(the camera stopped).", float_range=(0.1, 3600.0)),

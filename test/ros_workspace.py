@@ -93,15 +93,19 @@ def run_in_workspace(command: str, timeout_s: float, *, stop_after_s: float | No
         retry_on_timeout: also run it again when it was killed at ``timeout_s``. ``ros2 topic echo --once``
             of a latched topic needs it: the CLI picks its QoS from the publishers it has discovered so far,
             and when it has seen none yet it subscribes volatile and waits for ever for a message that was
-            published once (ros2topic's ``EchoVerb.choose_qos``).
+            published once (ros2topic's ``EchoVerb.choose_qos``). The daemon is stopped before such a
+            retry: one whose graph lacks the publisher would make every later attempt wait the same way.
     """
     for _ in range(discovery_retries):
         code, output = _run_once(command, timeout_s, stop_after_s)
+        timed_out = retry_on_timeout and code == -signal.SIGKILL
         missed = (any(message in output for message in NOT_DISCOVERED)
                   or (stop_after_s is None and code != 0 and any(message in output for message in TOPIC_NOT_DISCOVERED))
-                  or (retry_on_timeout and code == -signal.SIGKILL))
+                  or timed_out)
         if not missed:
             return code, output
+        if timed_out:
+            stop_daemon()
         time.sleep(1.0)
     return _run_once(command, timeout_s, stop_after_s)
 

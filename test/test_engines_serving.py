@@ -132,3 +132,23 @@ def test_start_up_errors_reach_the_caller() -> None:
 
     with pytest.raises(FileNotFoundError):
         EngineSwapper(build, "missing.pth")
+
+
+def test_an_engine_made_by_the_caller_serves_without_a_build() -> None:
+    built: list[str] = []
+
+    def build(config: str) -> str:
+        built.append(config)
+        return f"engine {config}"
+
+    swapper = EngineSwapper(build, "first", initial="ready-made")
+    assert swapper.engine == "ready-made" and swapper.config == "first" and built == []
+    release = threading.Event()
+    assert swapper.run_in_background("variants", lambda: release.wait(5.0), what="its variants")
+    assert swapper.state == EngineState.BUILDING  # the caller's remaining work, reported as a build
+    release.set()
+    swapper.wait_idle(5.0)
+    assert swapper.state == EngineState.SERVING
+    assert swapper.rebuild("second")
+    swapper.wait_idle(5.0)
+    assert swapper.engine == "engine second" and built == ["second"]

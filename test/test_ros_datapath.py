@@ -111,11 +111,14 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("weights") / "mfaranet_random.pth")
 
 
-@pytest.fixture(scope="module")
-def node(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+@pytest.fixture(scope="module", params=[True, False], ids=["direct_io", "rclpy_io"])
+def node(weights: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+         ) -> Iterator[NodeProcess]:
+    """The node taking and publishing through rcl directly (the default), then through rclpy's executor."""
     config = SegmenterConfig(model="mfaranet", weights=str(weights), input_height=NETWORK_SIZE[0],
                              input_width=NETWORK_SIZE[1])
-    command = node_command(config, node_settings={"qos_reliability": "reliable"}, namespace=NS)
+    command = node_command(config, node_settings={"qos_reliability": "reliable", "direct_io": request.param},
+                           namespace=NS)
     with NodeProcess(command, tmp_path_factory.mktemp("logs") / "node.log") as process:
         yield process
 

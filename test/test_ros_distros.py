@@ -31,7 +31,8 @@ def _rclpy_tree(distro: str) -> Path:
 
 def _definitions(tree: Path) -> tuple[dict[str, set[str]], set[str], set[str]]:
     """Function/method name -> the keyword parameters any definition of it accepts (``*`` for **kwargs),
-    every name defined anywhere, and the dotted module names of ``tree``."""
+    every name defined anywhere (and every method the tree itself calls: those of rclpy's C++ handles,
+    such as ``destroy_when_not_in_use``, have no Python definition), and the dotted module names of ``tree``."""
     params: dict[str, set[str]] = defaultdict(set)
     names: set[str] = set()
     modules: set[str] = set()
@@ -57,6 +58,8 @@ def _definitions(tree: Path) -> tuple[dict[str, set[str]], set[str], set[str]]:
                             names.add(name.attr)
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                names.add(node.func.attr)
     return params, names, modules
 
 

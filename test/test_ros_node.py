@@ -368,3 +368,52 @@ def test_output_options_change_at_once(client: Client, nodes: dict[str, NodeProc
         assert client.by_stamp(f"{RAW}/segmentation/overlay", header) is None
     finally:
         client.set_parameters(node_path, {"confidence_encoding": "32FC1", "publish_overlay": True})
+
+
+# Start-up builds in the background ------------------------------------------------------------------
+
+
+def test_the_node_answers_while_its_first_engine_builds(weights: Path, tmp_path: Path, scene: np.ndarray) -> None:
+    """An exporting backend at start-up: parameters are answered and /diagnostics says 'building engine'
+    before the engine exists; label_info (the node is ready) comes once it does, and frames are served."""
+    pytest.importorskip("onnxruntime")
+    config = SegmenterConfig(model="mfaranet", weights=str(weights), input_height=NETWORK_SIZE[0],
+                             input_width=NETWORK_SIZE[1], backend="onnxruntime", cache_dir=str(tmp_path / "cache"))
+    namespace = "/startup"
+    command = node_command(config, node_settings={"qos_reliability": "reliable"}, namespace=namespace)
+    client = Client("rtseg_startup_client")
+    try:
+        with NodeProcess(command, tmp_path / "node.log") as node:
+            listener = client.listener(namespace)
+            client.wait_for(lambda: listener.status.get("engine_state") == "building engine", STARTUP_TIMEOUT_S,
+                            "a 'building engine' status", node)
+            values = client.get_parameters(f"{namespace}/segmentation_node", ["backend", "input_width"])
+            assert values == {"backend": "onnxruntime", "input_width": NETWORK_SIZE[1]}
+            assert listener.label_info is None, "label_info came before the engine was built"
+            client.wait_ready(namespace, node)
+            (labels,) = client.send_and_collect(namespace, image_msg(scene, "rgb8"),
+                                                [f"{namespace}/segmentation/labels"], node)
+            assert labels_of(labels).shape == FRAME_SIZE
+            assert "after start-up" in node.log()
+    finally:
+        client.close()
+
+
+def test_a_first_engine_that_cannot_be_built_ends_the_node_with_exit_code_2(tmp_path: Path) -> None:
+    """The settings and weights pass, but the engine build fails (as a TensorRT build can): nothing to serve."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from rtseg_ros.engines.segmenter import Segmenter\n"
+        "def refuse(self, *args, **kwargs):\n"
+        "    raise RuntimeError('this engine cannot be built')\n"
+        "Segmenter.prepare = refuse\n"
+        "import rtseg_ros.ros.segmentation_node as node\n"
+        "node.build_in_child = refuse\n"
+        "sys.exit(node.main(['--ros-args', '-p', 'backend:=onnxruntime', '-p', 'input_height:=64', "
+        "'-p', 'input_width:=128', '-p', 'cache_dir:=" + str(tmp_path) + "']))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "this engine cannot be built" in result.stderr and "nothing to serve" in result.stderr

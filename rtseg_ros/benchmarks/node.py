@@ -26,6 +26,7 @@ This module imports rclpy, and torch only for the machine description.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -44,6 +45,7 @@ from rtseg_ros.names import INPUT_TRANSPORTS, Topics
 __all__ = ["NodeCase", "RateResult", "default_cases", "full_cases", "run_node_bench"]
 
 INPUT_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "yuv422", "jpeg")
+SUBSCRIBERS: tuple[str, ...] = ("rcl", "rclpy")
 OUTPUT_SETS: tuple[str, ...] = ("labels", "labels+confidence", "labels+confidence+overlay")
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((1024, 2048), (720, 1280))
 STARTUP_TIMEOUT_S = 300.0
@@ -149,6 +151,25 @@ def camera_topic(transport: str) -> str:
     return f"{Topics.IMAGE.name}/compressed" if transport == "compressed" else Topics.IMAGE.name
 
 
+class _RclListener:
+    """A subscriber that takes output images through rcl (rcl_direct), like a C++ subscriber, on its own thread.
+
+    rclpy's ``raw=True`` take would copy each message once more into a ``bytes`` object, a cost of the
+    Python binding that neither the node nor a C++ subscriber (RViz, rosbag2) pays.
+    """
+
+    def __init__(self, node: Any, topic: str, qos: Any, record: Any) -> None:
+        from sensor_msgs.msg import Image
+
+        from rtseg_ros.ros.rcl_direct import FrameTaker, SerializedSubscription
+
+        self._taker = FrameTaker(SerializedSubscription(node, Image, topic, qos),
+                                 lambda data, received_ns, missed: record(data), time.time_ns, name=f"bench-{topic}")
+
+    def destroy(self) -> None:
+        self._taker.stop()
+
+
 class _Camera:
     """Publishes pre-serialised frames with fresh stamps; the stamping copy is timed and taken out."""
 
@@ -209,7 +230,7 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 class NodeBench:
     """The camera and subscriber side of the benchmark, in an rclpy context of its own."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, subscriber: str = "rcl") -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -222,6 +243,7 @@ class NodeBench:
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         self.session = _Session(node, executor, context, _Recorder())
+        self.subscriber = subscriber
         self.session.thread = threading.Thread(target=self._spin, daemon=True, name="bench-spin")
         self.session.thread.start()
         from std_msgs.msg import String
@@ -229,7 +251,25 @@ class NodeBench:
         from rtseg_ros.ros.interfaces import qos_profile
         self.timings = node.create_subscription(String, Topics.TIMINGS.name, self.session.recorder.timing,
                                                 qos_profile(Topics.TIMINGS.qos))
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from rtseg_ros.ros.interfaces import diagnostic_name
+        self._status_name = diagnostic_name(f"{namespace.rstrip('/')}/segmentation_node")
+        self._engine_state: str | None = None
+        self._diagnostics = node.create_subscription(DiagnosticArray, Topics.DIAGNOSTICS.name, self._on_diagnostics,
+                                                     qos_profile(Topics.DIAGNOSTICS.qos))
         self.camera: _Camera | None = None
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name == self._status_name:
+                self._engine_state = next((kv.value for kv in status.values if kv.key == "engine_state"), None)
+
+    def engine_idle(self) -> bool:
+        """The node's last /diagnostics said that no engine is being built (its builds would share the cores)."""
+        from rtseg_ros.engines.serving import EngineState
+
+        return self._engine_state == EngineState.SERVING
 
     def _spin(self) -> None:
         while self.session.spinning:
@@ -238,6 +278,7 @@ class NodeBench:
     def close(self) -> None:
         import rclpy
 
+        self.subscribe([])
         self.session.spinning = False
         if self.session.thread is not None:
             self.session.thread.join(2.0)
@@ -253,11 +294,17 @@ class NodeBench:
         wanted = set(topics)
         for topic in list(self.session.subscriptions):
             if topic not in wanted:
-                self.session.node.destroy_subscription(self.session.subscriptions.pop(topic))
+                subscription = self.session.subscriptions.pop(topic)
+                if isinstance(subscription, _RclListener):
+                    subscription.destroy()
+                else:
+                    self.session.node.destroy_subscription(subscription)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for topic in wanted - set(self.session.subscriptions):
-            self.session.subscriptions[topic] = self.session.node.create_subscription(
-                Image, topic, lambda data, topic=topic: self.session.recorder.output(topic, data),
-                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+            record = functools.partial(self.session.recorder.output, topic)
+            self.session.subscriptions[topic] = (
+                _RclListener(self.session.node, topic, qos, record) if self.subscriber == "rcl" else
+                self.session.node.create_subscription(Image, topic, record, qos, raw=True))
 
     def use_frame(self, frame: bytes, transport: str) -> None:
         if self.camera is not None:
@@ -274,9 +321,11 @@ class NodeBench:
             time.sleep(0.01)
 
     def connected(self) -> bool:
-        subs = self.session.subscriptions.values()
+        # Publishers counted by topic in the graph (Humble's rclpy Subscription has no get_publisher_count).
+        node = self.session.node
+        topics = [*self.session.subscriptions, node.resolve_topic_name(Topics.TIMINGS.name)]
         return (self.camera is not None and self.camera.publisher.get_subscription_count() > 0
-                and all(s.get_publisher_count() > 0 for s in subs) and self.timings.get_publisher_count() > 0)
+                and all(node.count_publishers(topic) > 0 for topic in topics))
 
     def set_parameter(self, node_path: str, name: str, value: Any, timeout_s: float = 10.0) -> None:
         from rcl_interfaces.srv import SetParameters
@@ -416,7 +465,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                    rate_fractions: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05),
                    log_dir: str | Path = ".", namespace: str = "/rtseg_bench",
                    frame_timeout_s: float = 60.0, node_settings: dict[str, Any] | None = None,
-                   echo: Any = print) -> dict[str, Any]:
+                   subscriber: str = "rcl", echo: Any = print) -> dict[str, Any]:
     """Run the latency cases on a node serving ``config``, then (if ``rate_config``) the rate search.
 
     Args:
@@ -427,6 +476,9 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
             small network size), or ``None`` to skip it.
         rate_frame_size: the frames of the rate search (rgb8, labels only).
         node_settings: node-only parameters of both nodes (``cpu_threads``, ``qos_depth`` ...), by name.
+        subscriber: how this process takes the node's outputs: ``rcl`` (rcl's serialised take into a
+            reused buffer, about what a C++ subscriber pays) or ``rclpy`` (a ``raw=True`` subscription,
+            which copies each message once more into ``bytes``).
     """
     from rtseg_ros.ros.node_process import NodeProcess, loopback_dds_environment, node_command
 
@@ -438,7 +490,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
     labels_topic = f"{namespace}/{Topics.LABELS.name}"
     topic_of = {"labels": labels_topic, "confidence": f"{namespace}/{Topics.CONFIDENCE.name}",
                 "overlay": f"{namespace}/{Topics.OVERLAY.name}"}
-    bench = NodeBench(namespace)
+    bench = NodeBench(namespace, subscriber)
     try:
         for transport in INPUT_TRANSPORTS:
             group = [case for case in cases if case.transport == transport]
@@ -456,6 +508,8 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                     frame = _frame_bytes(case.frame_size, case.encoding, _header())
                     bench.use_frame(frame, transport)
                     bench.wait(bench.connected, STARTUP_TIMEOUT_S, "the node to come up", process)
+                    # The start-up builds of the other variants (camera_width/height) would be timed too.
+                    bench.wait(bench.engine_idle, STARTUP_TIMEOUT_S, "the node's engine builds to end", process)
                     bench.set_parameter(node_path, "confidence_encoding", case.confidence_encoding)
                     time.sleep(0.5)  # discovery of the new subscriptions settles
                     result = _latency_case(bench, topics, frames, warmup, process, frame_timeout_s)
@@ -478,6 +532,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                 bench.subscribe([labels_topic])
                 bench.use_frame(_frame_bytes(rate_frame_size, "rgb8", _header()), "raw")
                 bench.wait(bench.connected, STARTUP_TIMEOUT_S, "the node to come up", process)
+                bench.wait(bench.engine_idle, STARTUP_TIMEOUT_S, "the node's engine builds to end", process)
                 time.sleep(0.5)
                 latency = _latency_case(bench, [labels_topic], frames, warmup, process, frame_timeout_s)
                 model_ms = latency["segmenter_ms"]["p50"]
@@ -492,7 +547,8 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
     finally:
         bench.close()
     return {"rows": rows, "rate_search": rate, "config": config.diagnostic_fields(),
-            "node_settings": dict(node_settings or {}), "dds_profile": "config/fastdds_localhost.xml"}
+            "node_settings": dict(node_settings or {}), "subscriber": subscriber,
+            "dds_profile": "config/fastdds_localhost.xml"}
 
 
 def _header() -> Any:
@@ -580,10 +636,13 @@ def _cli() -> Any:
     @click.option("--rate-duration", default=4.0, type=click.FloatRange(min=0.5), help="Seconds per rate tried.")
     @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
                   help="A node-only parameter of both nodes (repeatable), e.g. -p cpu_threads=1 -p qos_depth=2.")
+    @click.option("--subscriber", default="rcl", type=click.Choice(SUBSCRIBERS),
+                  help="How the bench takes the node's outputs: rcl's serialised take (about a C++ subscriber's "
+                       "cost) or an rclpy raw=True subscription (one more copy of each message).")
     @click.option("--log-dir", type=click.Path(file_okay=False), default=".", help="Where the node logs go.")
     @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON here.")
     def node(model, resolution, backend, output_resolution, frame_sizes, encodings, full, frames, warmup,
-             rate_resolution, rate_frame_size, rate_duration, params, log_dir, json_path) -> None:
+             rate_resolution, rate_frame_size, rate_duration, params, subscriber, log_dir, json_path) -> None:
         """Overhead of the segmentation node around its Segmenter, and the highest camera rate it serves.
 
         Starts the real node, feeds it pre-serialised frames and reports, per row, the Segmenter's time,
@@ -615,7 +674,8 @@ def _cli() -> Any:
                    f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")
         report = run_node_bench(config, cases, frames=frames, warmup=warmup, rate_config=rate_config,
                                 rate_frame_size=parse_size(rate_frame_size), rate_duration_s=rate_duration,
-                                log_dir=log_dir, node_settings=_node_settings(params), echo=click.echo)
+                                log_dir=log_dir, node_settings=_node_settings(params), subscriber=subscriber,
+                                echo=click.echo)
         after = machine_state()
         click.echo("")
         click.echo(format_table(report["rows"]))

@@ -93,7 +93,7 @@ class EngineSwapper(Generic[Config, Engine]):
     """Holds the engine in service and replaces it with one built in the background.
 
     The first engine is built in the constructor, in the caller's thread, so start-up errors
-    reach the caller. ``rebuild`` returns at once; the old engine keeps serving until the new
+    reach the caller (or handed over ready-made as ``initial``). ``rebuild`` returns at once; the old engine keeps serving until the new
     one is ready. When rebuilds overlap, only the latest request is swapped in.
 
     Args:
@@ -101,6 +101,8 @@ class EngineSwapper(Generic[Config, Engine]):
         config: the first engine's config.
         on_swap: called from the build thread with the new config after a swap.
         on_failure: called from the build thread with the rejected config and the error.
+        initial: an engine made for ``config`` by the caller, to serve instead of ``build(config)`` (one
+            whose remaining work the caller runs with :meth:`run_in_background`).
     """
 
     def __init__(
@@ -109,12 +111,13 @@ class EngineSwapper(Generic[Config, Engine]):
         config: Config,
         on_swap: Callable[[Config], None] = lambda config: None,
         on_failure: Callable[[Config, Exception], None] = lambda config, error: None,
+        initial: Engine | None = None,
     ) -> None:
         self._build = build
         self._on_swap = on_swap
         self._on_failure = on_failure
         self._lock = threading.Lock()
-        self._engine = build(config)
+        self._engine = build(config) if initial is None else initial
         self._config = config
         self._generation = 0
         self._state = EngineState.SERVING

@@ -10,7 +10,7 @@ output image is written as a short prefix followed by the pixels, with one copy 
   message (about 6 ms here) before the first pixel is read, and an output image a Python message, a
   conversion back to C and a serialisation;
 - :func:`read_image` costs a few microseconds whatever the frame size, and :class:`ImageWriter` one
-  ``memcpy`` of the pixels into the ``bytes`` that ``Publisher.publish`` takes.
+  ``memcpy`` of the pixels (into ``bytes`` for ``Publisher.publish``, or into a reused buffer).
 
 The messages are the standard ones: rclpy's ``deserialize_message``, rosbags, rclcpp and
 ``ros2 topic echo`` read what :class:`ImageWriter` writes (padding bytes are zero).
@@ -209,8 +209,9 @@ class ImageWriter:
     """Writes ``sensor_msgs/Image`` messages of one encoding as CDR bytes, ready for ``Publisher.publish``.
 
     The fields after the header (sizes, encoding, step, data length) are packed once per frame size
-    and reused; a frame costs one copy of its pixels, into the ``bytes`` object rclpy publishes
-    (``Publisher.publish`` takes ``bytes``, not a writable buffer).
+    and reused; a frame costs one copy of its pixels: into a new ``bytes`` object (:meth:`write`, what
+    rclpy's ``Publisher.publish`` takes) or into the writer's own buffer, kept from frame to frame
+    (:meth:`write_into_buffer`, for rcl's serialised publish).
 
     Args:
         encoding: the ``encoding`` field (``mono8``, ``32FC1``, ``rgb8`` ...).
@@ -222,8 +223,9 @@ class ImageWriter:
         self.encoding = encoding
         self.channels = channels
         self.dtype = np.dtype(dtype).newbyteorder("<")
-        self._size: tuple[int, int] | None = None
+        self._size: tuple[int, int, int] | None = None
         self._fields = b""
+        self._buffer = np.empty(0, np.uint8)  # write_into_buffer's, grown to the largest message
 
     def _body_fields(self, height: int, width: int, header_end: int) -> bytes:
         """The fields between the header and the pixels; depends on where the header ends (padding)."""
@@ -236,12 +238,8 @@ class ImageWriter:
         parts += [_pad(offset, 4), struct.pack("<II", step, height * step)]
         return b"".join(parts)
 
-    def write(self, header: CdrHeader, pixels: np.ndarray) -> bytes:
-        """The serialised message of ``pixels`` (HxW or HxWxC of the writer's dtype) with ``header``.
-
-        Raises:
-            ValueError: pixels of another dtype or channel count, or an empty image.
-        """
+    def _checked(self, header: CdrHeader, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The message's bytes before the pixels, and the pixels as a C-contiguous little-endian array."""
         if pixels.dtype.kind != self.dtype.kind or pixels.dtype.itemsize != self.dtype.itemsize:
             raise ValueError(f"{self.encoding} needs {self.dtype} pixels, got {pixels.dtype}")
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
@@ -257,4 +255,30 @@ class ImageWriter:
         key = (height, width, header_end % 4)
         if key != self._size:
             self._size, self._fields = key, self._body_fields(height, width, header_end)
-        return b"".join((_ENCAPSULATION_LE, header.raw, self._fields, memoryview(pixels).cast("B")))
+        return _ENCAPSULATION_LE + header.raw + self._fields, pixels
+
+    def write(self, header: CdrHeader, pixels: np.ndarray) -> bytes:
+        """The serialised message of ``pixels`` (HxW or HxWxC of the writer's dtype) with ``header``.
+
+        Raises:
+            ValueError: pixels of another dtype or channel count, or an empty image.
+        """
+        prefix, pixels = self._checked(header, pixels)
+        return b"".join((prefix, memoryview(pixels).cast("B")))
+
+    def write_into_buffer(self, header: CdrHeader, pixels: np.ndarray) -> memoryview:
+        """Like :meth:`write`, into this writer's own buffer, kept from call to call: no allocation per frame.
+
+        The view is valid until the next call (for a publisher that copies it before returning, such as
+        :class:`rtseg_ros.ros.rcl_direct.SerializedPublisher`).
+
+        Raises:
+            ValueError: as :meth:`write`.
+        """
+        prefix, pixels = self._checked(header, pixels)
+        size = len(prefix) + pixels.nbytes
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, np.uint8)
+        self._buffer[:len(prefix)] = np.frombuffer(prefix, np.uint8)
+        self._buffer[len(prefix):size] = pixels.reshape(-1).view(np.uint8)
+        return memoryview(self._buffer[:size])

@@ -52,13 +52,19 @@ class FrameStatistics:
         self._period_latencies: list[float] = []
         self._last_frame: float | None = None
 
-    def frame_received(self, displaced_pending: bool) -> None:
-        """A frame arrived; ``displaced_pending`` if it replaced one still waiting (a drop)."""
+    def frame_received(self, displaced_pending: bool = False, missed: int = 0) -> None:
+        """A frame arrived; ``displaced_pending`` if it replaced one still waiting (a drop); ``missed``:
+        frames the camera sent before it that were replaced in the middleware's queue (drops the node never saw)."""
         with self._lock:
-            self._received += 1
-            self._period_received += 1
+            self._received += 1 + missed
+            self._period_received += 1 + missed
             self._last_frame = time.monotonic()
-            self._dropped += int(displaced_pending)
+            self._dropped += int(displaced_pending) + missed
+
+    def frame_dropped(self) -> None:
+        """A frame taken but not served (no engine ready for it yet)."""
+        with self._lock:
+            self._dropped += 1
 
     def frame_bad(self) -> None:
         """A frame could not be decoded."""
@@ -141,7 +147,8 @@ def diagnostic_status(
     if engine_state in (EngineState.BUILDING, EngineState.REBUILDING):
         # Frames are still served (by the engine in service), but a robot monitor should see that a
         # build is taking CPU or GPU time and that a new variant is not there yet.
-        warnings.append(f"{EngineState.BUILDING}: {engine_state}")
+        warnings.append(EngineState.BUILDING if engine_state == EngineState.BUILDING
+                        else f"{EngineState.BUILDING} (a new engine after a parameter change)")
     if errors:
         level, message = DiagnosticStatus.ERROR, "; ".join(errors + warnings)
     elif warnings:

@@ -1,9 +1,9 @@
 """The node's per-frame data path: serialised camera frames in, serialised output images out.
 
-The node subscribes to its camera with ``raw=True`` and publishes its image outputs as serialised
-``sensor_msgs/Image`` bytes (:mod:`rtseg_ros.io.cdr`): no rclpy message is built for a frame or an output
-image, the camera's pixels are read where the middleware put them, and each output's pixels are copied
-once, into the bytes handed to the middleware.
+The node takes its camera frames serialised (through rcl, :mod:`rtseg_ros.ros.rcl_direct`, or rclpy's
+``raw=True``) and publishes its image outputs as serialised ``sensor_msgs/Image`` (:mod:`rtseg_ros.io.cdr`):
+no rclpy message is built for a frame or an output image, the camera's pixels are read where they were
+taken, and each output's pixels are copied once, into what is handed to the middleware.
 
 Also here: the camera_info of a frame, found by its stamp and rescaled to the label image.
 
@@ -75,27 +75,38 @@ class FrameDecoder:
 
 
 class OutputEncoder:
-    """The node's output images as serialised ``sensor_msgs/Image`` (bytes for ``Publisher.publish``)."""
+    """The node's output images as serialised ``sensor_msgs/Image``, for a publisher's ``publish``.
 
-    def __init__(self) -> None:
+    Args:
+        reuse_buffers: each kind of output is written into a buffer of its own, kept from frame to frame,
+            and returned as a view valid until the next output of that kind (for
+            :class:`~rtseg_ros.ros.rcl_direct.SerializedPublisher`); otherwise as a new ``bytes`` object
+            (what rclpy's ``Publisher.publish`` takes).
+    """
+
+    def __init__(self, reuse_buffers: bool = False) -> None:
         self._labels = ImageWriter("mono8", 1, np.uint8)
         self._confidence_8 = ImageWriter("mono8", 1, np.uint8)
         self._confidence_32 = ImageWriter("32FC1", 1, np.float32)
         self._overlay = ImageWriter("rgb8", 3, np.uint8)
+        self._reuse_buffers = reuse_buffers
         self._scratch = threading.local()  # the 8-bit confidence, reused frame after frame
 
-    def labels(self, header: CdrHeader, labels: np.ndarray) -> bytes:
-        """mono8 class ids."""
-        return self._labels.write(header, labels)
+    def _write(self, writer: ImageWriter, header: CdrHeader, pixels: np.ndarray) -> bytes | memoryview:
+        return writer.write_into_buffer(header, pixels) if self._reuse_buffers else writer.write(header, pixels)
 
-    def confidence(self, header: CdrHeader, confidence: np.ndarray, encoding: str) -> bytes:
+    def labels(self, header: CdrHeader, labels: np.ndarray) -> bytes | memoryview:
+        """mono8 class ids."""
+        return self._write(self._labels, header, labels)
+
+    def confidence(self, header: CdrHeader, confidence: np.ndarray, encoding: str) -> bytes | memoryview:
         """The probability as ``32FC1``, or ``mono8`` (probability x 255, rounded).
 
         Raises:
             ValueError: another encoding.
         """
         if encoding == "32FC1":
-            return self._confidence_32.write(header, confidence.astype(np.float32, copy=False))
+            return self._write(self._confidence_32, header, confidence.astype(np.float32, copy=False))
         if encoding != "mono8":
             raise ValueError(f"confidence encoding must be 32FC1 or mono8, got {encoding!r}")
         scratch = getattr(self._scratch, "mono8", None)
@@ -103,11 +114,11 @@ class OutputEncoder:
             scratch = self._scratch.mono8 = np.empty(confidence.shape, np.uint8)
         # One pass, rounded and saturated, into the reused buffer (numpy takes three and two temporaries).
         cv2.convertScaleAbs(confidence, dst=scratch, alpha=255.0)
-        return self._confidence_8.write(header, scratch)
+        return self._write(self._confidence_8, header, scratch)
 
-    def overlay(self, header: CdrHeader, rgb: np.ndarray) -> bytes:
+    def overlay(self, header: CdrHeader, rgb: np.ndarray) -> bytes | memoryview:
         """An rgb8 image."""
-        return self._overlay.write(header, rgb)
+        return self._write(self._overlay, header, rgb)
 
 
 def header_message(header: CdrHeader) -> Header:

@@ -44,7 +44,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -58,6 +58,7 @@ from rtseg_ros.engines.variant_build import build_in_child
 from rtseg_ros.io.images import ImageDecodeError
 from rtseg_ros.io.overlay import overlay_labels
 from rtseg_ros.names import LABEL_INFO_FORMAT, NODE_NAME, Topics
+from rtseg_ros.ros import rcl_direct
 from rtseg_ros.ros.diagnostics import FrameStatistics, device_name, diagnostic_status
 from rtseg_ros.ros.frame_path import (
     CameraInfoHistory,
@@ -129,11 +130,12 @@ class SegmentationNode(Node):
         self._overlay_alpha: float = float(values["overlay_alpha"])
         self._camera_infos = CameraInfoHistory()
         self._scaled_camera_info = ScaledCameraInfos()
-        self._outputs = OutputEncoder()
         # (frame size, with confidence) of every frame kind served or announced; each new engine builds them all.
         camera_size = (int(values["camera_height"]), int(values["camera_width"]))
         first_size = camera_size if all(camera_size) else (config.input_height, config.input_width)
-        self._variants: frozenset[tuple[tuple[int, int], bool]] = frozenset({(first_size, False)})
+        # With the camera's size known, its labels+confidence engine too (built after the labels one).
+        self._variants: frozenset[tuple[tuple[int, int], bool]] = frozenset(
+            {(first_size, False)} | ({(camera_size, True)} if all(camera_size) else set()))
         self._failed_variants: set[tuple[tuple[int, int], bool]] = set()
         self._last_requested: tuple[tuple[int, int], bool] = (first_size, False)
         self._fallbacks_logged: set[tuple[tuple[int, int], bool]] = set()
@@ -142,10 +144,18 @@ class SegmentationNode(Node):
         depth = values["qos_depth"]
         # The camera subscriptions take reliability and depth from the parameters, the outputs the depth.
         camera_qos = qos_profile(dataclasses.replace(Topics.IMAGE.qos, reliability=values["qos_reliability"]), depth)
-        self._labels_pub = self.create_publisher(Image, Topics.LABELS.name, qos_profile(Topics.LABELS.qos, depth))
-        self._confidence_pub = self.create_publisher(
-            Image, Topics.CONFIDENCE.name, qos_profile(Topics.CONFIDENCE.qos, depth))
-        self._overlay_pub = self.create_publisher(Image, Topics.OVERLAY.name, qos_profile(Topics.OVERLAY.qos, depth))
+        self._direct_io = bool(values["direct_io"])
+        if self._direct_io:
+            try:
+                rcl_direct.check_available()
+            except rcl_direct.DirectIoUnavailable as exc:
+                self.get_logger().warning(f"direct_io: {exc}; taking and publishing frames through rclpy instead")
+                self._direct_io = False
+        self._outputs = OutputEncoder(reuse_buffers=self._direct_io)
+        self._labels_pub = self._image_publisher(Topics.LABELS.name, qos_profile(Topics.LABELS.qos, depth))
+        self._confidence_pub = self._image_publisher(
+            Topics.CONFIDENCE.name, qos_profile(Topics.CONFIDENCE.qos, depth))
+        self._overlay_pub = self._image_publisher(Topics.OVERLAY.name, qos_profile(Topics.OVERLAY.qos, depth))
         self._camera_info_pub = self.create_publisher(
             CameraInfo, Topics.OUTPUT_CAMERA_INFO.name, qos_profile(Topics.OUTPUT_CAMERA_INFO.qos, depth))
         self._label_info_pub = self.create_publisher(label_info_type, Topics.LABEL_INFO.name, LABEL_INFO_QOS)
@@ -160,21 +170,21 @@ class SegmentationNode(Node):
         if config.weights is None:
             self.get_logger().warning(
                 "no 'weights' set: running with UNTRAINED random weights, the labels are meaningless")
+        # The settings and the weights are checked here (a bad one stops the start-up); the engines are
+        # built in the background, while the node answers parameters and reports on /diagnostics.
+        self._started_at = time.monotonic()
+        self._ready_lock = threading.Lock()
+        self._ready_after_s: float | None = None  # set once the first engine serves
+        self.fatal_error = ""
         try:
-            self._engine: EngineSwapper[SegmenterConfig, Segmenter] = EngineSwapper(
-                self._build_segmenter, config, on_swap=self._on_engine_swapped, on_failure=self._on_engine_failed)
+            segmenter = Segmenter(config)
         except (ValueError, OSError) as exc:
             raise StartupError(_engine_error_message(config, exc)) from None
-        # qos_depth frames may wait for the network (1: only the newest, no backlog of stale frames).
-        self._worker: LatestFrameWorker[tuple[bytes, int]] = LatestFrameWorker(self._process_frame, depth=depth)
-
-        # raw=True: the callback gets the serialised message, which the worker reads in place (frame_path).
+        self._engine: EngineSwapper[SegmenterConfig, Segmenter] = EngineSwapper(
+            self._build_segmenter, config, on_swap=self._on_engine_swapped, on_failure=self._on_engine_failed,
+            initial=segmenter)
         transport = values["input_transport"]
         self._decode = FrameDecoder(transport)
-        image_type = CompressedImage if transport == "compressed" else Image
-        self.create_subscription(image_type, Topics.IMAGE.name, self._on_image, camera_qos, raw=True)
-        if all(camera_size):  # the labels+confidence engine too, while the labels engine serves
-            self._request_variant(camera_size, True)
         # camera_info keeps a few messages even at depth 1: each frame looks its own up by stamp.
         info_qos = qos_profile(dataclasses.replace(Topics.CAMERA_INFO.qos, reliability=values["qos_reliability"]),
                                max(depth, Topics.CAMERA_INFO.qos.depth))
@@ -183,15 +193,44 @@ class SegmentationNode(Node):
         # callback is the only one, so a change it accepts is the change rclpy makes.
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
-        self._publish_label_info()
+        # label_info (latched) tells clients the node serves: now, or once the first engine is built.
+        self._request_variant(first_size, False)
+        if segmenter.is_prepared(segmenter.output_size(first_size), False):
+            self._announce_ready()
+        # Last: frames may be handled as soon as this exists.
+        self._frames = self._subscribe_camera(CompressedImage if transport == "compressed" else Image, camera_qos,
+                                              depth)
         self.get_logger().info(
             f"serving {config.model} ({self._served_backend(config)}, {config.precision}, {config.device}) at "
             f"{config.input_height}x{config.input_width} (HxW) on {self._cpu_threads} CPU thread(s); "
-            f"subscribed to {self.resolve_topic_name(Topics.IMAGE.name)}")
+            f"subscribed to {self.resolve_topic_name(Topics.IMAGE.name)} "
+            f"({'rcl serialised take and publish' if self._direct_io else 'rclpy executor'})")
 
     def destroy_node(self) -> None:
-        self._worker.stop()
+        self._frames.stop()
         super().destroy_node()
+
+    # Data path -----------------------------------------------------------------------------
+
+    def _image_publisher(self, topic: str, qos: Any) -> Any:
+        """An image output's publisher: one that publishes the encoder's buffers in place with direct_io."""
+        publisher = self.create_publisher(Image, topic, qos)
+        return rcl_direct.SerializedPublisher(publisher) if self._direct_io else publisher
+
+    def _subscribe_camera(self, image_type: type, qos: Any, depth: int) -> rcl_direct.FrameTaker | LatestFrameWorker:
+        """Start taking camera frames (serialised; frame_path reads them in place) and handing them to the network.
+
+        Either way ``qos_depth`` frames may wait for the network (1: only the newest, no backlog of
+        stale frames): in the subscription's own history with direct_io, else in the worker's queue.
+        """
+        if self._direct_io:
+            subscription = rcl_direct.SerializedSubscription(self, image_type, Topics.IMAGE.name, qos)
+            return rcl_direct.FrameTaker(subscription, self._on_taken_frame,
+                                         lambda: self.get_clock().now().nanoseconds, name="frame-taker")
+        self._worker: LatestFrameWorker[tuple[bytes | memoryview, int]] = LatestFrameWorker(
+            self._process_frame, depth=depth)
+        self.create_subscription(image_type, Topics.IMAGE.name, self._on_image, qos, raw=True)
+        return self._worker
 
     # Engine --------------------------------------------------------------------------------
 
@@ -240,9 +279,31 @@ class SegmentationNode(Node):
                 segmenter.prepare(output_size, with_confidence)
             except Exception as exc:  # noqa: BLE001 - the engines already built keep serving
                 self._failed_variants.add((frame_size, with_confidence))
+                if self._ready_after_s is None and not segmenter.prepared:
+                    self._fail_start(f"building {what} failed: {exc}")
+                    return
                 self.get_logger().error(f"building {what} failed: {exc}; serving from the engines already built")
                 continue
             self.get_logger().info(f"{what} ready after {time.monotonic() - start:.1f} s")
+            if segmenter is self._engine.engine:
+                self._announce_ready()
+
+    def _announce_ready(self) -> bool:
+        """The first engine serves: say so (log and the latched label_info), once; returns whether it did now."""
+        with self._ready_lock:
+            if self._ready_after_s is not None:
+                return False
+            self._ready_after_s = time.monotonic() - self._started_at
+        self.get_logger().info(f"ready to serve {self.resolve_topic_name(Topics.IMAGE.name)}, "
+                               f"{self._ready_after_s:.1f} s after start-up")
+        self._publish_label_info()
+        return True
+
+    def _fail_start(self, message: str) -> None:
+        """No engine could be built at start-up: log it and end the node (``main`` exits with 2)."""
+        self.fatal_error = message
+        self.get_logger().fatal(f"{message}; nothing to serve, stopping")
+        self.context.try_shutdown()
 
     def _served_backend(self, config: SegmenterConfig) -> str:
         """The backend of the engine in service, and ``config``'s if that was 'auto' (``openvino, from auto``)."""
@@ -254,7 +315,8 @@ class SegmentationNode(Node):
             f"now serving {config.model} ({self._served_backend(config)}, {config.precision}) at "
             f"{config.input_height}x{config.input_width}, scales {list(config.scales)}")
         self._hardware_id = device_name(config.device)
-        self._publish_label_info()
+        if not self._announce_ready():  # the new engine's label set and settings
+            self._publish_label_info()
 
     def _on_engine_failed(self, config: SegmenterConfig, error: Exception) -> None:
         self.get_logger().error(f"{_engine_error_message(config, error)}; still serving the previous engine")
@@ -301,6 +363,11 @@ class SegmentationNode(Node):
         received_ns = self.get_clock().now().nanoseconds
         self._stats.frame_received(displaced_pending=self._worker.submit((data, received_ns)))
 
+    def _on_taken_frame(self, data: memoryview, received_ns: int, missed: int) -> None:
+        """A frame taken with direct_io (on the taking thread; ``data`` is valid during this call only)."""
+        self._stats.frame_received(displaced_pending=False, missed=missed)
+        self._process_frame((data, received_ns))
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_infos.add(msg)
         # The frame size it announces (REP 104: the ROI, or the whole sensor, read out with binning):
@@ -311,8 +378,8 @@ class SegmentationNode(Node):
         if all(frame_size) and (frame_size, False) not in self._variants:
             self._request_variant(frame_size, False)
 
-    def _process_frame(self, item: tuple[bytes, int]) -> None:
-        """Decode, segment and publish one frame (runs on the worker thread)."""
+    def _process_frame(self, item: tuple[bytes | memoryview, int]) -> None:
+        """Decode, segment and publish one frame (on the worker or frame-taking thread)."""
         data, received_ns = item
         started_ns = self.get_clock().now().nanoseconds
         try:
@@ -326,7 +393,13 @@ class SegmentationNode(Node):
         want_confidence = self._confidence_pub.get_subscription_count() > 0
         frame_size = tuple(frame.pixels.shape[:2])
         output_size = segmenter.output_size(frame_size)
-        run_size, run_confidence = self._ready_variant(segmenter, frame_size, output_size, want_confidence)
+        variant = self._ready_variant(segmenter, frame_size, output_size, want_confidence)
+        if variant is None:
+            self._stats.frame_dropped()
+            self.get_logger().info("dropping frames until the first engine is built",
+                                   throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        run_size, run_confidence = variant
         try:
             result = segmenter.segment(frame.pixels, color_order=frame.color_order, want_confidence=run_confidence,
                                        output_size=run_size)
@@ -353,15 +426,16 @@ class SegmentationNode(Node):
                 "frame_size": list(frame_size), "served_size": list(run_size), "served_confidence": run_confidence})))
 
     def _ready_variant(self, segmenter: Segmenter, frame_size: tuple[int, int], output_size: tuple[int, int],
-                       want_confidence: bool) -> tuple[tuple[int, int], bool]:
+                       want_confidence: bool) -> tuple[tuple[int, int], bool] | None:
         """The (output size, confidence) to run a frame with: what it needs if that is built, else the
-        closest variant that is (and what it needs gets built in the background)."""
+        closest variant that is (and what it needs gets built in the background); ``None`` while none is
+        (at start-up: the frame is dropped, never served by a build inside it)."""
         if segmenter.is_prepared(output_size, want_confidence):
             return output_size, want_confidence
         self._request_variant(frame_size, want_confidence)
         prepared = segmenter.prepared
         if not prepared:
-            return output_size, want_confidence  # nothing built at all (never after start-up): build here
+            return None
         area = output_size[0] * output_size[1]
         size, confidence = min(prepared, key=lambda variant: (
             variant[1] != want_confidence, variant[0] != output_size, abs(variant[0][0] * variant[0][1] - area)))
@@ -426,6 +500,9 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (shell `&`)
         signal.signal(signum, signal.default_int_handler)
+    # Made before the node: a start-up build that fails in the background shuts the context down, and
+    # an executor made after that could not be (spinning this one just ends).
+    executor = SingleThreadedExecutor()
     try:
         node = SegmentationNode()
     except StartupError as exc:
@@ -436,13 +513,15 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         return _exit_code(0)
     try:
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    return _exit_code(0)
+    return _exit_code(2 if node.fatal_error else 0)
 
 
 def _exit_code(code: int) -> int:
