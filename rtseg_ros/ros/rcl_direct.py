@@ -105,12 +105,18 @@ def _rcl() -> _Rcl:
 
 
 def check_available() -> None:
-    """Load what this module needs from rcl.
+    """Load what this module needs from rcl, and check that rclpy's handles give their rcl pointers, so that
+    a caller can still choose rclpy's path before it makes any of this module's objects.
 
     Raises:
         DirectIoUnavailable: what is missing.
     """
+    from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
     _rcl()
+    for kind in ("Subscription", "Publisher", "WaitSet"):
+        if not hasattr(getattr(_rclpy, kind, None), "pointer"):
+            raise DirectIoUnavailable(f"this rclpy's {kind} handle has no 'pointer'")
 
 
 def _pointer(handle: Any, what: str) -> int:
@@ -282,10 +288,6 @@ class FrameTaker:
                 self._handle(message.data, self._clock_ns(), self._missed(message))
             except Exception:  # noqa: BLE001 - the handler reports its own errors; this keeps the thread alive
                 _log.exception("frame handler failed")
-
-    @property
-    def subscription(self) -> SerializedSubscription:
-        return self._subscription
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Finish the message in hand, stop taking and destroy the subscription."""
