@@ -15,6 +15,7 @@ ROS = [
     "ros-jazzy-diagnostic-msgs",
     "ros-jazzy-builtin-interfaces",
     "ros-jazzy-rcl-interfaces",
+    "ros-jazzy-lifecycle-msgs",
 ]
 
 setup(
@@ -31,7 +32,8 @@ setup(
         (f"lib/{PACKAGE}", ["resource/segmentation_node", "resource/rtseg"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
-        (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.md")),
+        # The toy model `rtseg demo` runs ships with the package; other weight files are fetched by hand.
+        (f"share/{PACKAGE}/models", glob("models/*.yaml") + glob("models/*.md") + glob("models/synthetic_toy.pth")),
     ],
     python_requires=">=3.10",
     install_requires=[

@@ -15,6 +15,12 @@ line naming the parameter, the value and what it takes, and a non-zero exit stat
 ``image_topic`` defaults to ``/camera/image_raw``, or ``/camera/image_raw/compressed`` when the
 node's ``input_transport`` (this argument or the config file) is ``compressed``.
 
+``lifecycle:=true`` starts the managed (lifecycle) node instead: with ``autostart:=true`` (the default) the
+launch configures it and, once it is inactive, activates it, as Nav2's lifecycle manager would; with
+``autostart:=false`` it stays unconfigured for an external manager (``ros2 lifecycle set``, Nav2's
+``lifecycle_manager``). ``cameras:=[front,rear]`` makes one node serve several cameras with one engine
+(``multi_camera.launch.py`` remaps each camera's topics).
+
 When the node exits with an error (bad weights, a missing library), the launch stops and
 ``ros2 launch`` exits with status 1, so a supervisor (systemd, a robot's process manager) sees it.
 
@@ -33,15 +39,19 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.events import matches_action
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
-from rtseg_ros.names import NODE_EXECUTABLE, PACKAGE, PARAMETERS, ParameterSpec
+from rtseg_ros.names import LIFECYCLE_FLAG, NODE_EXECUTABLE, PACKAGE, PARAMETERS, ParameterSpec
 from rtseg_ros.ros.node_process import read_params_file
 from rtseg_ros.ros.parameters import ParameterError, parse_override
 
@@ -116,21 +126,41 @@ def _segmentation_node(context: LaunchContext) -> list:
             raise ParameterError(f"input_transport {transport!r} in {config} is not one of "
                                  f"{', '.join(DEFAULT_IMAGE_TOPICS)}") from None
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context) == "true"
-    node = Node(
+    managed = LaunchConfiguration("lifecycle").perform(context) == "true"
+    remappings = [("image", image_topic), ("camera_info", LaunchConfiguration("camera_info_topic").perform(context))]
+    # Further remaps, e.g. each camera's topics of a multi-camera node (multi_camera.launch.py fills it).
+    remappings += [tuple(pair.split(":=", 1)) for pair in LaunchConfiguration("remappings").perform(context).split()
+                   if ":=" in pair]
+    node = (LifecycleNode if managed else Node)(
         package=PACKAGE,
         executable=EXECUTABLE,
         name=node_name,
         namespace=LaunchConfiguration("namespace").perform(context),
         parameters=[config, {"use_sim_time": use_sim_time}, overrides],
-        remappings=[
-            ("image", image_topic),
-            ("camera_info", LaunchConfiguration("camera_info_topic").perform(context)),
-        ],
+        remappings=remappings,
+        arguments=[LIFECYCLE_FLAG] if managed else [],
         ros_arguments=["--log-level", LaunchConfiguration("log_level").perform(context)],
         output="screen",
         emulate_tty=True,
     )
-    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_stop_on_failure))]
+    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_stop_on_failure))]
+    if managed and LaunchConfiguration("autostart").perform(context) == "true":
+        actions += _autostart(node)
+    return actions
+
+
+def _autostart(node: LifecycleNode) -> list:
+    """Configure the managed node at once and activate it when it reaches inactive (what Nav2's lifecycle
+    manager does); launch events, which Humble's and Jazzy's launch_ros both have."""
+    def transition(transition_id: int) -> EmitEvent:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+    return [
+        RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                               goal_state="inactive",
+                                               entities=[transition(Transition.TRANSITION_ACTIVATE)])),
+        transition(Transition.TRANSITION_CONFIGURE),
+    ]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -148,6 +178,15 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("namespace", default_value="",
                                   description="Namespace of the node and of its output topics."),
             DeclareLaunchArgument("node_name", default_value=EXECUTABLE, description="Node name."),
+            DeclareLaunchArgument("lifecycle", default_value="false", choices=BOOLEANS,
+                                  description="true: the managed (lifecycle) node, configured and activated by "
+                                  "autostart or by an external lifecycle manager."),
+            DeclareLaunchArgument("autostart", default_value="true", choices=BOOLEANS,
+                                  description="With lifecycle:=true: configure, then activate, at launch; false: "
+                                  "leave the node unconfigured for a lifecycle manager."),
+            DeclareLaunchArgument("remappings", default_value="",
+                                  description="More topic remaps, space-separated FROM:=TO pairs (e.g. a "
+                                  "multi-camera node's front/image:=/front/camera/image_raw)."),
             DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
                                   description="The node's log level."),
             DeclareLaunchArgument("use_sim_time", default_value="false", choices=BOOLEANS,

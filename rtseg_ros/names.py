@@ -9,7 +9,8 @@ Adding a node parameter is one entry in :data:`PARAMETERS` (with ``config_field`
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,36 @@ BACKEND_PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 OUTPUT_RESOLUTIONS: tuple[str, ...] = ("input", "network")
+# Besides those, output_resolution takes a fixed label size, written width first as cameras state theirs
+# (640x480): the size of a consumer such as a depth camera whose pixels the labels must line up with.
+OUTPUT_SIZE_FORM = "WIDTHxHEIGHT"
+OUTPUT_SIZE_RANGE: tuple[int, int] = (1, 16384)
+_OUTPUT_SIZE_PATTERN = re.compile(r"^([0-9]+)[xX]([0-9]+)$")
+
+
+def fixed_output_size(output_resolution: object) -> tuple[int, int] | None:
+    """The (height, width) of the labels that an ``output_resolution`` setting fixes, or ``None`` for
+    ``input`` and ``network`` (a size that follows each frame, or the network input).
+
+    The one parser of the setting: parameter validation, the launch file, the CLI and the
+    ``Segmenter`` all read it through this function.
+
+    Raises:
+        ValueError: neither ``input``, ``network`` nor ``WIDTHxHEIGHT`` with both sides in
+            :data:`OUTPUT_SIZE_RANGE`; the message says what was wrong and what is taken.
+    """
+    if output_resolution in OUTPUT_RESOLUTIONS:
+        return None
+    forms = f"{', '.join(OUTPUT_RESOLUTIONS)} or {OUTPUT_SIZE_FORM} such as 640x480"
+    match = _OUTPUT_SIZE_PATTERN.match(output_resolution) if isinstance(output_resolution, str) else None
+    if match is None:
+        raise ValueError(f"output_resolution {output_resolution!r} is not {forms}")
+    width, height = int(match.group(1)), int(match.group(2))
+    low, high = OUTPUT_SIZE_RANGE
+    if not (low <= width <= high and low <= height <= high):
+        raise ValueError(f"output_resolution {output_resolution!r}: width and height must be in {low}..{high}")
+    return height, width
+
 
 # --------------------------------------------------------------------------------- label sets
 # Built-in label sets (files shipped in rtseg_ros/datasets/label_sets/); anywhere one is named, the path of
@@ -75,6 +106,8 @@ LABEL_INFO_FORMAT = "rtseg_ros/label_info/1"
 PACKAGE = "rtseg_ros"
 NODE_NAME = "segmentation_node"
 NODE_EXECUTABLE = "segmentation_node"
+# The executable's flag (before --ros-args) that runs the managed (lifecycle) node.
+LIFECYCLE_FLAG = "--lifecycle"
 
 
 @dataclass(frozen=True)
@@ -136,6 +169,34 @@ class Topics:
     TIMINGS = TopicSpec("segmentation/timings", "std_msgs/msg/String", QosSpec(depth=10))
 
 
+# A camera name is one ROS name token: its topics are <name>/image, <name>/segmentation/labels, ...
+_CAMERA_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def check_camera_names(cameras: Sequence[str]) -> tuple[str, ...]:
+    """Validates the ``cameras`` setting (distinct ROS name tokens) and returns it as a tuple.
+
+    Raises:
+        ValueError: a name that is not a letter followed by letters, digits or underscores, or a repeat.
+    """
+    names = tuple(cameras)
+    bad = [name for name in names if not isinstance(name, str) or not _CAMERA_NAME_PATTERN.match(name)]
+    if bad:
+        raise ValueError(f"camera names must start with a letter and hold only letters, digits and '_' "
+                         f"(they become topic namespaces); got {bad}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"camera names must not repeat, got {list(names)}")
+    return names
+
+
+def camera_topic(camera: str, topic: TopicSpec) -> str:
+    """The name of ``topic`` for ``camera``: under the camera's name (``front/segmentation/labels``), or the
+    topic's own name for the single-camera node (camera ``""``). Absolute topics (``/diagnostics``) stay."""
+    if not camera or topic.name.startswith("/"):
+        return topic.name
+    return f"{camera}/{topic.name}"
+
+
 # --------------------------------------------------------------------------------- node parameters
 @dataclass(frozen=True)
 class ParameterSpec:
@@ -152,6 +213,9 @@ class ParameterSpec:
         config_field: the :class:`~rtseg_ros.engines.SegmenterConfig` field it sets; changing such
             a parameter at run time builds a new engine in the background. Empty: a node-only setting.
         read_only: fixed at start-up (it shapes subscriptions or publishers).
+        check: a further check of a value that has the right type, for forms that choices and ranges
+            cannot state; it raises ``ValueError`` with the reason.
+        item_type: the element type of a list parameter (``int`` or ``str``); an empty default cannot say.
     """
 
     default: Any
@@ -162,6 +226,8 @@ class ParameterSpec:
     float_range: tuple[float, float] | None = None
     config_field: str = ""
     read_only: bool = False
+    check: Callable[[Any], object] | None = None
+    item_type: type = int
 
     @property
     def rebuilds_engine(self) -> bool:
@@ -210,8 +276,10 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "cpu", "Compute device: cpu, cuda or cuda:N; gpu, gpu.N or npu for an Intel GPU/NPU (openvino backend).",
         config_field="device"),
     "output_resolution": ParameterSpec(
-        "input", "Size of the published labels: 'input' (the camera frame's) or 'network' (the input_* size).",
-        choices=OUTPUT_RESOLUTIONS, config_field="output_resolution"),
+        "input", f"Size of the published labels and confidence (segmentation/camera_info is scaled to it): 'input' "
+        f"(each camera frame's), 'network' (the input_* size) or {OUTPUT_SIZE_FORM}, e.g. 640x480 for a depth "
+        "camera's organized point cloud, whatever the frame size.",
+        config_field="output_resolution", check=fixed_output_size),
     "engine_cache_dir": ParameterSpec(
         "", "Folder for exported/compiled engines. Empty: $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros.",
         config_field="cache_dir"),
@@ -251,14 +319,28 @@ PARAMETERS: dict[str, ParameterSpec] = {
         0, "Height of the camera's frames, if known (see camera_width). 0: not known.",
         integer_range=(0, 16384), read_only=True),
     "cpu_threads": ParameterSpec(
-        0, "CPU threads the network runs on (torch, ONNX Runtime and OpenVINO alike); 0: the engine's default "
-        "(all cores). Fewer leave cores to the middleware, the camera driver and other nodes.",
+        0, "CPU threads the network runs on (torch, ONNX Runtime and OpenVINO alike); 0: every usable core but one "
+        "(at least one), which is left to the middleware, the frame thread and the camera driver: a network on "
+        "every core is preempted by them mid-layer and serves a lower camera rate. Lower it further when other "
+        "busy nodes share the machine.",
         integer_range=(0, 1024), read_only=True),
     "direct_io": ParameterSpec(
         True, "Take camera frames and publish output images through rcl's serialised-message calls, each frame "
         "handled on the thread that took it: one copy fewer each way than rclpy and no hand-off between threads. "
         "false: rclpy's executor and Publisher.publish (also used, with a warning, where rcl cannot be reached).",
         read_only=True),
+    "cameras": ParameterSpec(
+        [], "Cameras this one node serves with one engine, their frames batched (e.g. [front, rear]): each camera's "
+        "topics are under its name (front/image, front/camera_info in; front/segmentation/labels ... out). "
+        "Empty: one camera, on image and camera_info.", read_only=True, item_type=str, check=check_camera_names),
+    "compressed_cameras": ParameterSpec(
+        [], "With several cameras: those whose 'image' topic is sensor_msgs/CompressedImage (remap it to the "
+        "camera's .../compressed topic); the others take input_transport.", read_only=True, item_type=str,
+        check=check_camera_names),
+    "batch_wait_ms": ParameterSpec(
+        0.0, "With several cameras: how long a batch that is not full waits for the other cameras' frames. 0: a "
+        "batch takes the frames waiting (the least latency); more: larger batches, at that much latency.",
+        float_range=(0.0, 1000.0)),
     "image_timeout": ParameterSpec(
         2.0, "Seconds without a camera frame, after the first one, before /diagnostics turns WARN "
         "(the camera stopped).", float_range=(0.1, 3600.0)),

@@ -19,7 +19,10 @@ def test_bench_writes_the_report(tmp_path):
         "--threads", "2", "--cache-dir", str(tmp_path / "cache"), "--json", str(report)])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
-    assert {"cpu", "cores", "gpu", "torch", "tensorrt", "onnxruntime"} <= set(data["machine"])
+    assert {"cpu", "cores", "gpu", "torch", "tensorrt", "onnxruntime", "isa_extensions", "isa_limits",
+            "torch_cpu_capability", "load_average"} <= set(data["machine"])
+    assert len(data["load_average_at_end"]) == 3 and "busy_warning" in data
+    assert "ISA " in result.output
     rows = data["rows"]
     assert [(r["model"], r["scales"]) for r in rows] == [("atonet", [1, 2, 3, 4]), ("mfaranet", [2])]
     for row in rows:

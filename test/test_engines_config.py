@@ -47,7 +47,10 @@ def test_defaults_are_valid():
         ({"model": "segformer"}, "unknown model"),
         ({"label_set": "ade20k"}, "unknown label set"),
         ({"num_classes": 11}, "does not match label set"),
-        ({"output_resolution": "frame"}, "output_resolution"),
+        ({"output_resolution": "frame"}, "is not input, network or WIDTHxHEIGHT such as 640x480"),
+        ({"output_resolution": "640x"}, "'640x' is not input, network or WIDTHxHEIGHT"),
+        ({"output_resolution": "abc"}, "'abc' is not input, network or WIDTHxHEIGHT"),
+        ({"output_resolution": "0x480"}, "'0x480': width and height must be in 1..16384"),
         ({"backend": "tensorrt", "device": "cuda", "precision": "int8"}, "calibration_data"),
     ],
 )
@@ -65,6 +68,47 @@ def test_valid_combinations_pass_validation():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize(("text", "size"), [("input", None), ("network", None), ("640x480", (480, 640)),
+                                            ("640X480", (480, 640)), ("1x16384", (16384, 1))])
+def test_output_resolution_forms(text, size):
+    from rtseg_ros.names import fixed_output_size
+
+    # Width first, as cameras state their sizes; the result is (height, width) like every size in the code.
+    assert fixed_output_size(text) == size
+    SegmenterConfig(output_resolution=text).validate()
+
+
+@pytest.mark.parametrize("text", ["640x", "x480", "0x480", "640x0", "640x16385", "640 x 480", "-640x480", "640", ""])
+def test_output_resolution_refuses_what_is_not_a_size(text):
+    from rtseg_ros.names import fixed_output_size
+
+    with pytest.raises(ValueError, match="output_resolution"):
+        fixed_output_size(text)
+
+
+def test_a_fixed_output_size_serves_every_frame_size():
+    from rtseg_ros.engines.preprocessing import reference_preprocess
+
+    torch.manual_seed(0)
+    segmenter = Segmenter(SegmenterConfig(model="atonet", input_height=64, input_width=128,
+                                          output_resolution="160x96"))
+    assert segmenter.output_size((720, 1280)) == segmenter.output_size((50, 70)) == (96, 160)
+    # Each output size is its own engine variant, so its cache slot names it.
+    assert "-to-96x160-" in segmenter.engine.spec.cache_name(segmenter.output_size((720, 1280)), False)
+    rng = np.random.default_rng(0)
+    for frame_size in ((72, 128), (45, 200)):
+        frame = rng.integers(0, 256, (*frame_size, 3), dtype=np.uint8)
+        result = segmenter.segment(frame, want_confidence=True)
+        assert result.labels.shape == result.confidence.shape == (96, 160)
+        # One interpolation, of the logits straight to the fixed size: labels are their argmax and
+        # confidence their softmax maximum there, not a resampled frame-size result.
+        image = torch.from_numpy(reference_preprocess(frame, (64, 128)))
+        with torch.inference_mode():
+            logits = segmenter.engine.model(image, output_size=(96, 160))
+        np.testing.assert_array_equal(result.labels, logits.argmax(dim=1)[0].numpy().astype(np.uint8))
+        np.testing.assert_allclose(result.confidence, torch.softmax(logits, dim=1).amax(dim=1)[0].numpy(), atol=1e-4)
+
+
 def test_cuda_settings_fail_early_without_cuda():
     config = SegmenterConfig(device="cuda", precision="fp16")
     config.validate()

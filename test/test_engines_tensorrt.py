@@ -94,6 +94,28 @@ def test_tensorrt_int8_calibrates_from_images_and_keeps_the_calibration(referenc
     assert list((tmp_path / "cache" / "calibration").glob("*/quantizers.pt"))
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
+@needs_tensorrt
+def test_tensorrt_batches_of_1_to_max_batch_run_one_engine_and_agree_with_single_frames(reference_dir, tmp_path):
+    from rtseg_ros.engines import BatchFrame
+
+    segmenter = Segmenter(_config(reference_dir, tmp_path, backend="tensorrt", precision="fp16", max_batch=4,
+                                  output_resolution="input"))
+    segmenter.prepare_batch([(300, 600), SIZE])
+    assert segmenter.batch_prepared
+    frames = [BatchFrame(make_scene(30 + i, *size)[0]) for i, size in enumerate([(300, 600), SIZE, SIZE])]
+    for count in (1, 3):
+        for frame, result in zip(frames, segmenter.segment_batch(frames[:count], want_confidence=True)):
+            single = segmenter.segment(frame.pixels, want_confidence=True)
+            assert result.labels.shape == frame.pixels.shape[:2] and result.timings_ms["batch_size"] == count
+            # fp16: the batched engine and the one-frame engine are two TensorRT builds (own kernels and
+            # tactics), and the batched argmax runs on fp16 logits outside TensorRT.
+            assert (result.labels == single.labels).mean() > 0.995
+            assert np.abs(result.confidence - single.confidence).mean() < 1e-2
+    assert len(list((tmp_path / "tensorrt").glob("*batch1to4*/engine.pt2"))) == 1
+
+
 # ------------------------------------------------------------------------------ CPU checks
 def test_engine_labels_are_int32_inside_and_uint8_outside():
     model = build_model("mfaranet", 19, (2,)).eval()

@@ -21,7 +21,16 @@ from torch import nn
 
 from rtseg_ros.engines import export_audit
 from rtseg_ros.engines.export_audit import ConverterTable, audit_exported, audit_graph, load_table
-from rtseg_ros.engines.tensorrt_engine import ENGINE_LABEL_DTYPE, compile_settings, export_head, tensorrt_head
+from rtseg_ros.engines.tensorrt_engine import (
+    ENGINE_LABEL_DTYPE,
+    batch_example,
+    batch_input,
+    compile_settings,
+    export_body,
+    export_head,
+    tensorrt_body,
+    tensorrt_head,
+)
 from rtseg_ros.nets import build_model
 
 SIZES = [(256, 512), (480, 640), (384, 640), (1024, 2048)]
@@ -83,6 +92,48 @@ def test_fp16_network_exports_fully_convertible(table):
     report = audit_exported(export_head(head, torch.zeros(1, 3, 256, 512, dtype=torch.float16)), table)
     assert report.ok, report.summary()
     assert report.ops["aten._to_copy.default"] >= 2  # labels to int32, scores to float32
+
+
+@pytest.mark.parametrize("network,size", [("atonet", (256, 512)), ("mfaranet", (128, 256))])
+def test_batched_body_exports_fully_convertible_with_a_dynamic_batch(network, size, table):
+    """The batched engine's graph: the batch dimension symbolic (1 to max_batch), every node converts,
+    and the lowered graph gives eager's logits at every batch size of the range."""
+    name, scales = NETWORKS[network]
+    torch.manual_seed(0)
+    body = tensorrt_body(build_model(name, 19, scales).eval())
+    exported = export_body(body, batch_example(size, 4, torch.float32), max_batch=4)
+    (image,) = [spec for spec in exported.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    batch_dim = exported.graph.find_nodes(op="placeholder", target=image.arg.name)[0].meta["val"].shape[0]
+    assert isinstance(batch_dim, torch.SymInt)
+    assert exported.range_constraints[batch_dim.node.expr].lower == 1
+    assert exported.range_constraints[batch_dim.node.expr].upper == 4
+    lowered = export_audit.lower_like_torch_tensorrt(exported, table)
+    report = audit_graph(lowered, table)
+    assert report.ok, report.summary()
+    assert not any("adaptive" in op for op in report.ops)
+    images = torch.randn(4, 3, *size)
+    with torch.no_grad():
+        expected = body(images)
+        for count in (1, 3, 4):
+            got = lowered(images[:count])
+            assert got.shape == (count, 19, size[0] // 4, size[1] // 4)
+            assert (got - expected[:count]).abs().max().item() < 1e-4
+
+
+def test_batch_input_is_an_optimization_profile_from_1_to_max_batch():
+    calls = []
+
+    class FakeTorchTensorRT:
+        @staticmethod
+        def Input(**kwargs):  # noqa: N802 - torch_tensorrt's own name
+            calls.append(kwargs)
+            return kwargs
+
+    batch_input(FakeTorchTensorRT, (256, 512), 4, torch.float16)
+    assert calls == [{"min_shape": (1, 3, 256, 512), "opt_shape": (4, 3, 256, 512),
+                      "max_shape": (4, 3, 256, 512), "dtype": torch.float16}]
+    assert batch_example((256, 512), 4, torch.float16).shape == (2, 3, 256, 512)
+    assert batch_example((256, 512), 1, torch.float16).shape == (1, 3, 256, 512)
 
 
 # ------------------------------------------------------------------------------ the audit itself

@@ -90,7 +90,11 @@ def test_eval_camvid_bag_with_ground_truth_from_the_folder(tmp_path: Path) -> No
 def test_eval_usage_errors_are_clear(tmp_path: Path) -> None:
     result = run(evaluate, ["--json", tmp_path / "r.json"])
     assert result.exit_code == 2 and "give a BAG, or --dataset and --root" in result.stderr
-    result = run(evaluate, [tmp_path / "missing_bag", "--json", tmp_path / "r.json", "--weights", "x.pth"])
+    result = run(evaluate, [tmp_path / "missing_bag", "--json", tmp_path / "r.json", "--model", "atonet"])
     assert result.exit_code == 1 and "bag not found" in result.stderr
+    # Weights are resolved as the node resolves them: a name that is no file and no manifest entry says where it looked.
+    result = run(evaluate, [tmp_path / "missing_bag", "--json", tmp_path / "r.json", "--weights", "x.pth"])
+    assert result.exit_code == 1 and "'x.pth' is neither an existing file nor a manifest entry" in result.stderr
+    assert "searched:" in result.stderr
     result = run(make_bag, ["--dataset", "cityscapes", "--root", tmp_path, "--out", tmp_path / "b"])
     assert result.exit_code == 1 and "Cityscapes images of split 'val' folder not found" in result.stderr

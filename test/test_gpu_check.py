@@ -20,5 +20,11 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
         assert checks[(network, "compile fp32")]["details"]["labels_equal_eager_pct"] == 100.0
         # Steps that need CUDA say so instead of passing silently.
         assert checks[(network, "fp16 vs fp32 labels")]["status"] == "skipped"
+    # Batched against sequential, as far as the CPU goes: eager fp32, batches of 1, 2 and 4.
+    for count in gpu_check.BATCH_SIZES:
+        row = checks[(gpu_check.BATCH_NETWORK, f"batch {count} torch fp32")]
+        assert row["status"] == "ok" and row["value"] > 0
+        assert row["details"]["labels_equal_sequential_pct"] > 99.9 and row["details"]["sequential_fps"] > 0
+    assert checks[(gpu_check.BATCH_NETWORK, "batch compile")]["status"] == "skipped"
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # header + one line per row

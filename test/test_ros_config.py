@@ -128,6 +128,15 @@ def test_a_wrong_typed_parameter_stops_the_node_with_a_clear_error(tmp_path: Pat
     assert "Traceback" not in log
 
 
+def test_a_wrong_label_size_stops_the_node_with_the_reason(tmp_path: Path) -> None:
+    # The type is right (text), the form is not: the parameter table's own check says why.
+    code, log = _exit(node_command(None, node_settings={"output_resolution": "640x"}, namespace="/sized"),
+                      tmp_path / "node.log")
+    assert code == 2
+    assert "output_resolution '640x' is not input, network or WIDTHxHEIGHT such as 640x480" in log
+    assert "Traceback" not in log
+
+
 def test_without_vision_msgs_the_node_stops_with_a_clear_error(tmp_path: Path) -> None:
     # A vision_msgs that cannot be imported, first on the path, stands for one that is not installed.
     hidden = tmp_path / "hide" / "vision_msgs"

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rtseg_ros.datasets.synthetic import make_scene
+from rtseg_ros.datasets.synthetic import HELD_OUT_FIRST_SEED, make_scene
+from rtseg_ros.names import BACKENDS
 from rtseg_ros.ros import demo
 from rtseg_ros.ros.demo import (
     DemoError,
@@ -31,7 +32,7 @@ def _take(settings: DemoSettings, count: int) -> list[tuple[np.ndarray, str]]:
 def test_synthetic_source_cycles_street_scenes() -> None:
     frames = _take(DemoSettings(frame_size=(64, 96)), demo.SYNTHETIC_SCENES + 1)
     assert all(image.shape == (64, 96, 3) and order == "rgb" for image, order in frames)
-    np.testing.assert_array_equal(frames[0][0], make_scene(demo.SYNTHETIC_FIRST_SEED, 64, 96)[0])
+    np.testing.assert_array_equal(frames[0][0], make_scene(HELD_OUT_FIRST_SEED, 64, 96)[0])
     np.testing.assert_array_equal(frames[-1][0], frames[0][0])
 
 
@@ -84,17 +85,17 @@ def test_bad_sources_raise_a_clear_error(tmp_path: Path, source: str, message: s
         frame_source(DemoSettings(source=source))
 
 
-def test_weights_default_to_the_toy_model_else_a_loud_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    toy = tmp_path / "synthetic_toy.pth"
-    monkeypatch.setattr(demo, "TOY_WEIGHTS", toy)
+def test_weights_default_to_the_shipped_toy_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "synthetic_toy.pth"
+    shipped.write_bytes(b"stand-in")
+    # The resolver finds the manifest's toy model; here a stand-in in the first folder it searches.
+    monkeypatch.setenv("RTSEG_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(demo, "TOY_MODEL", "synthetic_toy.pth")
     weights, note = choose_weights(None)
-    assert weights is None and note == "UNTRAINED random weights"
-    toy.write_bytes(b"stand-in")
-    weights, note = choose_weights(None)
-    assert weights == str(toy) and "TOY model" in note
+    assert weights == str(shipped) and "TOY model" in note
     given = tmp_path / "mine.pth"
     given.write_bytes(b"stand-in")
-    assert choose_weights(str(given))[0] == str(given)
+    assert choose_weights(str(given)) == (str(given), f"weights {given}")
     with pytest.raises(DemoError, match="not found"):
         choose_weights(str(tmp_path / "missing.pth"))
 
@@ -154,13 +155,17 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "overlay.mp4").stat().st_size > 0 and (out / "node.log").is_file()
     picture = cv2.imread(str(out / "side_by_side.png"))
     assert summary["side_by_side_png"] == str(out / "side_by_side.png") and picture.shape[1] == 3 * 128
+    # Which engine served the frames (eager PyTorch until the backend is built), as the node's timings say.
+    assert summary["served_by"] and set(summary["served_by"]) <= {"eager", *BACKENDS}, summary["served_by"]
+    assert 0 < sum(summary["served_by"].values()) <= summary["frames_segmented"]
+    assert any(line.startswith("first labels ") and "frames served by: " in line for line in run.stdout.splitlines())
 
 
 def test_side_by_side_shows_camera_labels_overlay_and_names_the_classes_seen() -> None:
     from rtseg_ros.datasets.labels import CITYSCAPES
     from rtseg_ros.io.overlay import overlay_labels
 
-    camera, labels = make_scene(demo.SYNTHETIC_FIRST_SEED, 64, 128)
+    camera, labels = make_scene(HELD_OUT_FIRST_SEED, 64, 128)
     overlay = overlay_labels(camera, "rgb", labels, CITYSCAPES, 0.5)
     # The node may publish labels at the network size: the camera and overlay are brought to it.
     picture = demo.side_by_side(cv2.resize(camera, (256, 128)), labels, overlay, CITYSCAPES)
@@ -182,6 +187,10 @@ def test_side_by_side_shows_camera_labels_overlay_and_names_the_classes_seen() -
 def test_untrained_and_weights_do_not_go_together() -> None:
     with pytest.raises(DemoError, match="untrained runs random weights"):
         demo.run_demo(DemoSettings(untrained=True, weights="w.pth"))
+    with pytest.raises(DemoError, match="untrained runs random weights"):
+        demo.run_demo(DemoSettings(untrained=True, retrain=True))
+    with pytest.raises(DemoError, match="retrain trains the toy model"):
+        demo.run_demo(DemoSettings(retrain=True, weights="w.pth"))
 
 
 def test_the_demo_trains_the_toy_model_once_and_an_interruption_caches_nothing(
@@ -213,7 +222,6 @@ def test_the_demo_trains_the_toy_model_once_and_an_interruption_caches_nothing(
     assert "no toy model yet: training it once (4 iterations" in lines[0]
     assert not demo.TOY_WEIGHTS.exists() and not demo.TOY_WEIGHTS.parent.exists()  # not even half a file
     assert (demo.TOY_RUN_DIR / "last.pth").is_file()
-    assert choose_weights(None) == (None, "UNTRAINED random weights")
 
     # The next run continues where it stopped, and caches the model.
     monkeypatch.setattr(training_data.SyntheticScenes, "__getitem__", scene)
@@ -223,5 +231,5 @@ def test_the_demo_trains_the_toy_model_once_and_an_interruption_caches_nothing(
         "synthetic_toy.pth"]
     info = read_checkpoint_info(demo.TOY_WEIGHTS)
     assert info["model"] == "atonet" and LabelSet.from_dict(info[LABEL_SET_DEFINITION]) == CITYSCAPES
-    weights, note = choose_weights(None)
+    weights, note = choose_weights(str(demo.TOY_WEIGHTS))  # what `rtseg demo --retrain` runs
     assert weights == str(demo.TOY_WEIGHTS) and "TOY model" in note

@@ -138,9 +138,28 @@ def test_package_xml_declares_what_the_package_imports() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module.split(".")[0])
     ros_packages = {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "builtin_interfaces", "rcl_interfaces",
-                    "launch", "launch_ros", "ament_index_python", "vision_msgs", "cv_bridge", "composition_interfaces"}
+                    "launch", "launch_ros", "ament_index_python", "vision_msgs", "cv_bridge", "composition_interfaces",
+                    "lifecycle_msgs"}
     missing = sorted((imported & ros_packages) - keys)
     assert not missing, f"imported but not in package.xml: {missing}"
     unused = sorted((keys & ros_packages) - imported - {"launch", "launch_ros"})
     assert not unused, f"declared in package.xml but never imported: {unused}"
     assert "ament_python" not in keys, "ament_python is a build type (<export>), not a rosdep key"
+
+
+def test_lifecycle_callbacks_the_managed_node_overrides_exist_in_humble_and_jazzy() -> None:
+    """ManagedSegmentationNode overrides rclpy.lifecycle's transition callbacks: each must be one that both
+    distributions' LifecycleNode calls, with the same signature, or a transition would silently do nothing."""
+    source = ROOT / "rtseg_ros" / "ros" / "segmentation_node.py"
+    managed = next(node for node in ast.walk(ast.parse(source.read_text(encoding="utf-8")))
+                   if isinstance(node, ast.ClassDef) and node.name == "ManagedSegmentationNode")
+    overrides = {node.name: [a.arg for a in node.args.args] for node in managed.body
+                 if isinstance(node, ast.FunctionDef) and node.name.startswith("on_")}
+    assert {"on_configure", "on_activate", "on_deactivate", "on_cleanup", "on_shutdown"} <= set(overrides)
+    for distro in DISTROS:
+        lifecycle = _rclpy_tree(distro) / "lifecycle" / "node.py"
+        callbacks = {node.name: [a.arg for a in node.args.args] for node in ast.walk(ast.parse(lifecycle.read_text()))
+                     if isinstance(node, ast.FunctionDef) and node.name.startswith("on_")}
+        for name, arguments in overrides.items():
+            assert name in callbacks, f"{distro}'s LifecycleNode has no {name}"
+            assert len(arguments) == len(callbacks[name]), f"{name}{arguments} vs {distro}'s {callbacks[name]}"

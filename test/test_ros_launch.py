@@ -43,7 +43,11 @@ def test_runs_the_node_executable_of_the_package(tree: ast.Module) -> None:
     # Package and executable names come from the names module, which holds them once.
     assert {"PACKAGE", "NODE_EXECUTABLE"} <= _names_imported(tree)
     assert names.PACKAGE == "rtseg_ros" and names.NODE_EXECUTABLE == "segmentation_node"
-    (node_call,) = _calls(tree, "Node")
+    # One node action, a plain or a managed (lifecycle:=true) one, with the same arguments.
+    (node_call,) = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and any(keyword.arg == "executable" for keyword in node.keywords)]
+    assert {"Node", "LifecycleNode"} <= {alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                                         and node.module == "launch_ros.actions" for alias in node.names}
     keywords = {kw.arg: kw.value for kw in node_call.keywords}
     assert {"package", "executable", "parameters", "remappings", "namespace"} <= set(keywords)
     assert isinstance(keywords["executable"], ast.Name) and keywords["executable"].id == "EXECUTABLE"
@@ -132,15 +136,18 @@ def test_overrides_are_typed_and_checked_before_the_node_starts(monkeypatch: pyt
     for argument in module.generate_launch_description().get_launch_arguments():
         argument.execute(context)
     context.launch_configurations.update({"input_width": "512", "scales": "[2]", "weights": "2024",
-                                          "overlay_alpha": "1", "publish_overlay": "false"})
+                                          "overlay_alpha": "1", "publish_overlay": "false",
+                                          "output_resolution": "640x480"})
     overrides = module._overrides(context)
+    assert overrides["output_resolution"].value == "640x480"
     assert (overrides["input_width"], overrides["scales"], overrides["publish_overlay"]) == (512, [2], False)
     assert overrides["overlay_alpha"] == 1.0 and isinstance(overrides["overlay_alpha"], float)
     assert overrides["weights"].value == "2024"  # text stays text (launch_ros would read it as the number 2024)
     for name, text, message in (("scales", "2", "parameter scales: 2 is not allowed; it takes a list of integers"),
                                 ("input_width", "500", "a multiple of 32"),
                                 ("publish_overlay", "1", "it takes true or false"),
-                                ("image_timeout", "soon", "'soon' is not allowed; it takes a number")):
+                                ("image_timeout", "soon", "'soon' is not allowed; it takes a number"),
+                                ("output_resolution", "0x480", "width and height must be in 1..16384")):
         context.launch_configurations[name] = text
         with pytest.raises(ParameterError, match=message):
             module._overrides(context)

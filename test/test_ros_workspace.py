@@ -215,8 +215,28 @@ def test_compressed_input_subscribes_to_the_compressed_topic(tmp_path: Path) -> 
     assert code == 0, launch.log()[-3000:]
 
 
-def test_multi_camera_launch_serves_each_camera_in_its_namespace(tmp_path: Path) -> None:
+def test_multi_camera_launch_serves_both_cameras_from_one_node(tmp_path: Path) -> None:
     launch = Launch(f"rtseg_ros multi_camera.launch.py {QUICK}", tmp_path / "multi.log")
+    cameras = Cameras({"/front": "/front/camera/image_raw", "/rear": "/rear/camera/image_raw"})
+    try:
+        for ns, listener in cameras.listeners.items():
+            cameras.wait(lambda listener=listener: listener.ready and listener.stats(_labels(listener)).count > 0,
+                         STARTUP_S, f"labels of the {ns} camera", launch)
+        for ns, listener in cameras.listeners.items():
+            labels = listener.messages[_labels(listener)][-1][1]
+            assert labels.header.frame_id == f"camera_{ns.strip('/')}"  # each camera's own frames
+    finally:
+        cameras.close()
+        code = launch.stop()
+    log = launch.log()
+    assert code == 0, log[-3000:]
+    # One process, one engine for both cameras.
+    assert log.count("process started") == 1 and "batches of up to 2" in log, log[-3000:]
+    assert "subscribed to /front/camera/image_raw, /rear/camera/image_raw" in log, log[-3000:]
+
+
+def test_multi_camera_launch_one_node_per_camera(tmp_path: Path) -> None:
+    launch = Launch(f"rtseg_ros multi_camera.launch.py one_node_per_camera:=true {QUICK}", tmp_path / "multi.log")
     cameras = Cameras({"/front": "/front/camera/image_raw", "/rear": "/rear/camera/image_raw"})
     try:
         for ns, listener in cameras.listeners.items():
@@ -228,6 +248,28 @@ def test_multi_camera_launch_serves_each_camera_in_its_namespace(tmp_path: Path)
             assert labels.header.frame_id == f"camera_{ns.strip('/')}"
             cameras.wait(lambda listener=listener: listener.status_count > 0, 30.0, f"{ns} diagnostics", launch)
             assert listener.node_path == f"{ns}/segmentation_node"
+    finally:
+        cameras.close()
+        code = launch.stop()
+    assert code == 0, launch.log()[-3000:]
+
+
+def test_lifecycle_launch_autostarts_and_the_lifecycle_cli_drives_it(tmp_path: Path) -> None:
+    launch = Launch(f"rtseg_ros segmentation.launch.py lifecycle:=true node_name:=managed_seg {QUICK}",
+                    tmp_path / "lifecycle.log")
+    cameras = Cameras({"/": "/camera/image_raw"})
+    listener = cameras.listeners["/"]
+    try:
+        cameras.wait(lambda: listener.ready and listener.stats(_labels(listener)).count > 0, STARTUP_S,
+                     "labels of the autostarted managed node", launch)
+        code, output = run_in_workspace("ros2 lifecycle nodes", timeout_s=60)
+        assert "/managed_seg" in output, output
+        code, output = run_in_workspace("ros2 lifecycle get /managed_seg", timeout_s=60)
+        assert output.strip().startswith("active"), output
+        code, output = run_in_workspace("ros2 lifecycle set /managed_seg deactivate", timeout_s=60)
+        assert "Transitioning successful" in output, output
+        code, output = run_in_workspace("ros2 lifecycle get /managed_seg", timeout_s=60)
+        assert output.strip().startswith("inactive"), output
     finally:
         cameras.close()
         code = launch.stop()

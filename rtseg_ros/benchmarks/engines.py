@@ -32,8 +32,8 @@ from rtseg_ros.engines import ConfigError, Segmenter, SegmenterConfig
 from rtseg_ros.engines.preprocessing import reference_preprocess
 from rtseg_ros.io.files import atomic_output
 from rtseg_ros.io.frames import synthetic_frames
-from rtseg_ros.machine import cpu_model, distribution_version
-from rtseg_ros.names import ALL_SCALES
+from rtseg_ros.machine import busy_warning, cpu_isa_extensions, cpu_model, distribution_version, isa_limits, load_average
+from rtseg_ros.names import ALL_SCALES, fixed_output_size
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class BenchSettings:
 
     Attributes:
         frame_size: camera frame (height, width); ``None`` feeds frames at the network size.
-        output_resolution: ``input`` (labels at the frame size) or ``network``.
+        output_resolution: ``input`` (labels at the frame size), ``network`` or ``WIDTHxHEIGHT``.
         warmup: untimed frames after the engine is built.
         iters: timed frames (each also runs the baseline once).
         weights: model name -> checkpoint path; models without one run random weights.
@@ -121,6 +121,10 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "isa_extensions": cpu_isa_extensions(),
+        # Caps set for an emulation of a smaller CPU; torch's own view of its kernels shows it took hold.
+        "isa_limits": isa_limits(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
@@ -133,8 +137,18 @@ def machine_info() -> dict[str, Any]:
         "openvino": distribution_version("openvino"),
         "nncf": distribution_version("nncf"),
         "opencv": distribution_version("opencv-python-headless", "opencv-python"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
     }
+
+
+def isa_text(machine: dict[str, Any]) -> str:
+    """The instruction-set part of a report's machine line: extensions, and the cap in force if any."""
+    text = "ISA " + (" ".join(machine.get("isa_extensions") or []) or "unknown")
+    limits = machine.get("isa_limits")
+    if limits:
+        text += " limited by " + " ".join(f"{k}={v}" for k, v in limits.items())
+        text += f" (torch kernels: {machine.get('torch_cpu_capability')})"
+    return text
 
 
 class PeakMemory:
@@ -231,8 +245,9 @@ class AuthorsBaseline:
         image = torch.from_numpy(reference_preprocess(frame_rgb, self.network_size)).to(self.device)
         with torch.no_grad():
             logits = self.model(image)
-            if self.output_resolution == "input" and tuple(logits.shape[-2:]) != frame_rgb.shape[:2]:
-                logits = F.interpolate(logits, size=frame_rgb.shape[:2], mode="bilinear", align_corners=True)
+            size = frame_rgb.shape[:2] if self.output_resolution == "input" else fixed_output_size(self.output_resolution)
+            if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+                logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
         scores = logits.cpu().numpy()
         return np.argmax(scores[0], axis=0).astype(np.uint8)
 
@@ -475,9 +490,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_report(path: str | Path, rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, Any]],
-                 settings: BenchSettings, command: str, machine: dict[str, Any]) -> None:
+                 settings: BenchSettings, command: str, machine: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> None:
     """Write the JSON report: the machine block (from :func:`machine_info`), the settings, one object per
-    row, skipped rows."""
+    row, skipped rows, the load at the end, a warning when the machine was busy at either end, and
+    ``extra`` (e.g. the OpenVINO profiles) as further top-level entries."""
+    end_load = load_average()
     report = {
         "machine": machine,
         "command": command,
@@ -485,7 +503,10 @@ def write_report(path: str | Path, rows: Sequence[dict[str, Any]], skipped: Sequ
         "rows": list(rows),
         "skipped": list(skipped),
         # Against the start's (machine.load_average): how busy the machine was while it ran.
-        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_end": end_load,
+        "busy_warning": [w for w in (busy_warning(machine.get("load_average"), machine.get("cores")),
+                                     busy_warning(end_load, machine.get("cores"))) if w] or None,
+        **(extra or {}),
     }
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
@@ -495,7 +516,7 @@ def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], skipped: Se
                    machine: dict[str, Any]) -> None:
     """Write the table as Markdown, headed by the command and the machine (its load included)."""
     start_load = machine.get("load_average")
-    end_load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    end_load = load_average()
     loads = ", ".join(f"{label} {values[0]:.2f}" for label, values in (("start", start_load), ("end", end_load))
                       if values)
     lines = [
@@ -503,8 +524,10 @@ def write_markdown(path: str | Path, rows: Sequence[dict[str, Any]], skipped: Se
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
         f"GPU {machine['gpu'] or 'none'}; torch {machine['torch']}, onnxruntime {machine.get('onnxruntime') or '-'}, "
-        f"openvino {machine.get('openvino') or '-'}; 1-minute load average {loads or 'n/a'}.",
+        f"openvino {machine.get('openvino') or '-'}; {isa_text(machine)}; 1-minute load average {loads or 'n/a'}.",
         "",
+        *(f"**Warning: {w}.**" for w in (busy_warning(start_load, machine.get("cores")),
+                                         busy_warning(end_load, machine.get("cores"))) if w),
         "speedup: baseline median / row median; pair speedup: median of the per-frame ratios baseline/row in the "
         "same loop, IQR their interquartile range; pre+post: preprocess + postprocess share of the row's "
         "end-to-end time; agree fp32: int8 labels equal to the fp32 row's on the same frames.",

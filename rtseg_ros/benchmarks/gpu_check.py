@@ -8,6 +8,9 @@ fp16-vs-fp32 label agreement, ``torch.compile`` (``reduce-overhead``: CUDA graph
 the export audit of the module the TensorRT backend compiles (on CUDA tensors, fp16; int8 with
 ModelOpt too when it is installed), the end-to-end :class:`Segmenter` (upload, resize, network,
 argmax, download) and, when ``torch_tensorrt`` imports, the TensorRT fp16 build and its latency.
+Then batched against sequential throughput (``Segmenter.segment_batch`` of 1, 2 and 4 camera frames
+against as many ``segment`` calls, MFARANet at both network sizes; torch fp16, compile fp16 and
+TensorRT fp16 when it imports), with the share of labels equal between the two.
 It writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``.
 
 It needs only torch, numpy and this source tree: frames are made with numpy, and a step whose
@@ -41,6 +44,8 @@ GPU_SIZES = ((512, 1024), (1024, 2048))
 DRY_RUN_SIZES = ((64, 128),)
 FRAME_SIZE = (1024, 2048)  # camera frames for the end-to-end Segmenter
 DRY_RUN_FRAME_SIZE = (96, 160)
+BATCH_SIZES = (1, 2, 4)
+BATCH_NETWORK = "mfaranet"
 
 
 @dataclass
@@ -258,6 +263,58 @@ def run_segmenter_checks(check: Check, key: str, size: tuple[int, int], frame: n
         check.step(key, label, f"segmenter {backend} {precision}", segment)
 
 
+def run_batch_checks(check: Check, size: tuple[int, int], frame_size: tuple[int, int], cache_dir: Path) -> None:
+    """Frames per second of ``segment_batch`` on 1, 2 and 4 frames against ``segment`` on each in turn."""
+    name, scales = NETWORKS[BATCH_NETWORK]
+    label = f"{size[0]}x{size[1]}"
+    frames = [synthetic_frame(*frame_size, seed=seed) for seed in range(max(BATCH_SIZES))]
+    if check.dry_run:
+        backends = [("torch", "fp32")]
+        check.rows.append(Row(BATCH_NETWORK, label, "batch compile", "skipped", details={
+            "reason": "dry run: inductor compiles for minutes on a CPU"}))
+    else:
+        backends = [("torch", "fp16"), ("compile", "fp16")]
+        try:
+            import torch_tensorrt  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            check.rows.append(Row(BATCH_NETWORK, label, "batch tensorrt fp16", "skipped",
+                                  details={"reason": f"torch_tensorrt does not import: {type(exc).__name__}: {exc}"}))
+        else:
+            backends.append(("tensorrt", "fp16"))
+
+    for backend, precision in backends:
+        def batches(backend: str = backend, precision: str = precision) -> list[Row]:
+            from rtseg_ros.engines import BatchFrame, Segmenter, SegmenterConfig
+
+            config = SegmenterConfig(model=name, scales=scales, input_height=size[0], input_width=size[1],
+                                     backend=backend, precision=precision, device=str(check.device),
+                                     cache_dir=str(cache_dir), max_batch=max(BATCH_SIZES))
+            start = time.perf_counter()
+            segmenter = Segmenter(config)
+            segmenter.warmup(frame_size)
+            segmenter.prepare_batch([frame_size])
+            ready_s = time.perf_counter() - start
+            rows = []
+            for count in BATCH_SIZES:
+                batch = [BatchFrame(frame) for frame in frames[:count]]
+                batched_ms = check.latency_ms(lambda: segmenter.segment_batch(batch))
+                sequential_ms = check.latency_ms(lambda: [segmenter.segment(f) for f in frames[:count]])
+                together = segmenter.segment_batch(batch)
+                alone = [segmenter.segment(f) for f in frames[:count]]
+                equal = float(np.mean([(a.labels == b.labels).mean() for a, b in zip(together, alone)]))
+                batched_fps, sequential_fps = count * 1e3 / batched_ms, count * 1e3 / sequential_ms
+                rows.append(Row(BATCH_NETWORK, label, f"batch {count} {backend} {precision}",
+                                "ok" if equal > 0.999 else "fail", batched_fps, "frames/s", {
+                                    "sequential_fps": round(sequential_fps, 2),
+                                    "batched_over_sequential": round(batched_fps / sequential_fps, 3),
+                                    "batched_ms": round(batched_ms, 3), "sequential_ms": round(sequential_ms, 3),
+                                    "labels_equal_sequential_pct": round(equal * 100, 4),
+                                    "frame": list(frame_size), "ready_s": round(ready_s, 2)}))
+            return rows
+
+        check.step(BATCH_NETWORK, label, f"batch {backend} {precision}", batches)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda": torch.version.cuda, "device": str(device), "machine": platform.machine()}
@@ -301,6 +358,8 @@ def run(out: Path, dry_run: bool = False, budget_s: float = 420.0, iterations: i
     for size in sizes:
         for key in NETWORKS:
             run_segmenter_checks(check, key, size, frame, out / "cache")
+    for size in sizes:
+        run_batch_checks(check, size, frame.shape[:2], out / "cache")
     env = environment(device)
     result = {"dry_run": dry_run, "environment": env, "wall_s": round(time.perf_counter() - started, 1),
               "rows": [asdict(row) for row in check.rows]}

@@ -22,7 +22,12 @@ Latency frames are sent one at a time (the next once the previous one's outputs 
 for another. The rate search then sends frames at fixed rates and reports the highest one served with no
 drop, against ``1000 / model latency``.
 
-This module imports rclpy, and torch only for the machine description.
+The network alone against the network inside the node: after the first rgb8 labels row, the node's own
+Segmenter is built in this process too and run on the same pixels, one frame alone, one frame through the
+node, in turn (:func:`_network_alone_vs_node`), so a network slowed by the node's threads shows, and so
+does the user's figure, stamp-to-labels minus the network alone.
+
+This module imports rclpy, and torch for the machine description and the network alone.
 """
 from __future__ import annotations
 
@@ -396,6 +401,70 @@ def _latency_case(bench: NodeBench, topics: list[str], frames: int, warmup: int,
     return {key: _percentiles(values) for key, values in rows.items()}
 
 
+def _network_alone_vs_node(bench: NodeBench, labels_topic: str, config: Any, node_settings: dict[str, Any],
+                           frame_size: tuple[int, int], frames: int, warmup: int, process: Any,
+                           timeout_s: float) -> dict[str, Any]:
+    """The same Segmenter alone (in this process) and inside the node, interleaved frame by frame.
+
+    This process builds the node's Segmenter (same config, weights and engine cache, the node's thread
+    count) and, per frame, runs it once on the very pixels the camera sends, then sends the frame to the
+    node and waits for its labels, so both figures come from the same minutes of the machine. While the
+    network runs alone here the node is idle, and while the node runs this process only waits. Reports
+    both Segmenter times, their ratio, and the user's figure: stamp-to-labels minus the network alone.
+    """
+    from rtseg_ros.datasets.synthetic import make_scene
+    from rtseg_ros.engines import Segmenter, set_cpu_threads
+
+    threads = set_cpu_threads(int(node_settings.get("cpu_threads", 0)))  # the node's own rule for its count
+    segmenter = Segmenter(config)
+    rgb = make_scene(1, *frame_size)[0]  # the pixels of the camera's rgb8 frame (_frame_bytes)
+    for _ in range(max(warmup, 1)):
+        segmenter.segment(rgb)
+    recorder, camera = bench.session.recorder, bench.camera
+    assert camera is not None
+    recorder.clear()
+    alone, inside, latency, minus_alone = [], [], [], []
+    for index in range(warmup + frames):
+        alone_ms = segmenter.segment(rgb).timings_ms["total"]
+        stamp = camera.publish()
+
+        def arrived(stamp: int = stamp) -> bool:
+            with recorder.lock:
+                return stamp in recorder.timings and stamp in recorder.arrivals.get(labels_topic, {})
+        try:
+            bench.wait(arrived, timeout_s, "the frame's labels", process)
+        except TimeoutError:
+            continue
+        if index < warmup:
+            continue
+        with recorder.lock:
+            sent = stamp + camera.prepare_ns.get(stamp, 0) + camera.publish_ns.get(stamp, 0)
+            labels_ms = (recorder.arrivals[labels_topic][stamp] - sent) / 1e6
+            inside_ms = recorder.timings[stamp]["segmenter_ms"]["total"]
+        alone.append(alone_ms)
+        inside.append(inside_ms)
+        latency.append(labels_ms)
+        minus_alone.append(labels_ms - alone_ms)
+        time.sleep(0.02)
+    if not alone:
+        raise RuntimeError("no frame came back from the node while timing the network alone against it")
+    ratio = statistics.median(inside) / statistics.median(alone)
+    return {"frame_size": list(frame_size), "threads": threads, "config": config.diagnostic_fields(),
+            "segmenter_alone_ms": _percentiles(alone), "segmenter_in_node_ms": _percentiles(inside),
+            "in_node_over_alone": round(ratio, 4), "labels_latency_ms": _percentiles(latency),
+            "labels_latency_minus_alone_ms": _percentiles(minus_alone)}
+
+
+def format_alone_vs_node(result: dict[str, Any]) -> str:
+    """One line: the network alone and inside the node, and stamp-to-labels minus the network alone."""
+    height, width = result["frame_size"]
+    return (f"network alone vs inside the node ({height}x{width} rgb8 labels, {result['threads']} thread(s), "
+            f"interleaved): alone p50 {result['segmenter_alone_ms']['p50']:.1f} ms, in the node p50 "
+            f"{result['segmenter_in_node_ms']['p50']:.1f} ms ({result['in_node_over_alone']:.3f}x); stamp-to-labels "
+            f"minus the network alone p50 {result['labels_latency_minus_alone_ms']['p50']:.1f} / p95 "
+            f"{result['labels_latency_minus_alone_ms']['p95']:.1f} ms")
+
+
 def _rate_trial(bench: NodeBench, labels_topic: str, rate_hz: float, duration_s: float, process: Any) -> RateResult:
     recorder, camera = bench.session.recorder, bench.camera
     assert camera is not None
@@ -465,7 +534,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                    rate_fractions: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05),
                    log_dir: str | Path = ".", namespace: str = "/rtseg_bench",
                    frame_timeout_s: float = 60.0, node_settings: dict[str, Any] | None = None,
-                   subscriber: str = "rcl", echo: Any = print) -> dict[str, Any]:
+                   subscriber: str = "rcl", alone_frames: int = 0, echo: Any = print) -> dict[str, Any]:
     """Run the latency cases on a node serving ``config``, then (if ``rate_config``) the rate search.
 
     Args:
@@ -479,6 +548,8 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
         subscriber: how this process takes the node's outputs: ``rcl`` (rcl's serialised take into a
             reused buffer, about what a C++ subscriber pays) or ``rclpy`` (a ``raw=True`` subscription,
             which copies each message once more into ``bytes``).
+        alone_frames: after the first rgb8 labels-only row, this many frames of the same Segmenter alone
+            interleaved with the node's (:func:`_network_alone_vs_node`); 0 skips it.
     """
     from rtseg_ros.ros.node_process import NodeProcess, loopback_dds_environment, node_command
 
@@ -491,6 +562,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
     topic_of = {"labels": labels_topic, "confidence": f"{namespace}/{Topics.CONFIDENCE.name}",
                 "overlay": f"{namespace}/{Topics.OVERLAY.name}"}
     bench = NodeBench(namespace, subscriber)
+    alone = None
     try:
         for transport in INPUT_TRANSPORTS:
             group = [case for case in cases if case.transport == transport]
@@ -523,6 +595,11 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                          f", hand-off {result['handoff_ms']['p50']:.1f}, decode {result['decode_ms']['p50']:.1f}, "
                          f"around the Segmenter {result['around_segmenter_ms']['p50']:.1f}, publish "
                          f"{result['publish_ms']['p50']:.1f}, out {result['transport_out_ms']['p50']:.1f})")
+                    if alone_frames and alone is None and case.encoding == "rgb8" and case.outputs == "labels":
+                        alone = _network_alone_vs_node(bench, labels_topic, config, dict(node_settings or {}),
+                                                       case.frame_size, alone_frames, warmup, process,
+                                                       frame_timeout_s)
+                        echo(format_alone_vs_node(alone))
         rate = None
         if rate_config is not None:
             height, width = rate_frame_size
@@ -546,7 +623,7 @@ def run_node_bench(config: Any, cases: Sequence[NodeCase], *, frames: int = 10, 
                      f"{rate['ratio_to_segmenter_rate_at_that_rate']} of its rate then)")
     finally:
         bench.close()
-    return {"rows": rows, "rate_search": rate, "config": config.diagnostic_fields(),
+    return {"rows": rows, "rate_search": rate, "network_alone_vs_node": alone, "config": config.diagnostic_fields(),
             "node_settings": dict(node_settings or {}), "subscriber": subscriber,
             "dds_profile": "config/fastdds_localhost.xml"}
 
@@ -639,10 +716,14 @@ def _cli() -> Any:
     @click.option("--subscriber", default="rcl", type=click.Choice(SUBSCRIBERS),
                   help="How the bench takes the node's outputs: rcl's serialised take (about a C++ subscriber's "
                        "cost) or an rclpy raw=True subscription (one more copy of each message).")
+    @click.option("--alone-frames", default=10, type=click.IntRange(min=0),
+                  help="Frames of the node's Segmenter run alone in this process, interleaved with the node's, "
+                       "after the rgb8 labels row (0: skip).")
     @click.option("--log-dir", type=click.Path(file_okay=False), default=".", help="Where the node logs go.")
     @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON here.")
     def node(model, resolution, backend, output_resolution, frame_sizes, encodings, full, frames, warmup,
-             rate_resolution, rate_frame_size, rate_duration, params, subscriber, log_dir, json_path) -> None:
+             rate_resolution, rate_frame_size, rate_duration, params, subscriber, alone_frames, log_dir,
+             json_path) -> None:
         """Overhead of the segmentation node around its Segmenter, and the highest camera rate it serves.
 
         Starts the real node, feeds it pre-serialised frames and reports, per row, the Segmenter's time,
@@ -672,10 +753,15 @@ def _cli() -> Any:
         machine = machine_state()
         click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores; load average "
                    f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")
+        from rtseg_ros.machine import busy_warning
+
+        for warning in (busy_warning(machine["load_average"], machine["cores"]),):
+            if warning:
+                click.echo(f"WARNING: {warning}", err=True)
         report = run_node_bench(config, cases, frames=frames, warmup=warmup, rate_config=rate_config,
                                 rate_frame_size=parse_size(rate_frame_size), rate_duration_s=rate_duration,
                                 log_dir=log_dir, node_settings=_node_settings(params), subscriber=subscriber,
-                                echo=click.echo)
+                                alone_frames=alone_frames, echo=click.echo)
         after = machine_state()
         click.echo("")
         click.echo(format_table(report["rows"]))

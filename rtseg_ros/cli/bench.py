@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from rtseg_ros.cli.options import ALL_SCALES_TEXT, parse_scales, parse_size
+from rtseg_ros.cli.options import ALL_SCALES_TEXT, output_resolution_callback, parse_scales, parse_size
 from rtseg_ros.names import BACKENDS, MODEL_NAMES, OUTPUT_RESOLUTIONS, PRECISIONS
 
 SIZE_HELP = "HEIGHTxWIDTH, e.g. 512x1024"
@@ -61,8 +61,9 @@ class BenchGroup(click.Group):
 @click.option("--device", default="cpu", help="cpu, cuda or cuda:N; gpu, gpu.N or npu: Intel (openvino only).")
 @click.option("--frame-size", default="1024x2048",
               help=f"Camera frame size fed to both pipelines ({SIZE_HELP}), or 'network' for the network size.")
-@click.option("--output-resolution", default=OUTPUT_RESOLUTIONS[0], type=click.Choice(OUTPUT_RESOLUTIONS),
-              help="Labels at the frame's size (input) or the network's.")
+@click.option("--output-resolution", default=OUTPUT_RESOLUTIONS[0], callback=output_resolution_callback,
+              help="Labels at the frame's size (input), the network's (network) or a fixed WIDTHxHEIGHT "
+                   "(width first, as the node parameter output_resolution: 640x480).")
 @click.option("--confidence/--no-confidence", default=False, help="Also compute and download confidence.")
 @click.option("--warmup", default=2, type=click.IntRange(min=0), help="Untimed frames per row after building.")
 @click.option("--iters", default=10, type=click.IntRange(min=1), help="Timed frames per row.")
@@ -74,13 +75,25 @@ class BenchGroup(click.Group):
               help="int8 calibration frames (a folder of images, a video or a rosbag2); default: synthetic "
                    "scenes written to the cache.")
 @click.option("--calibration-frames", default=64, type=click.IntRange(min=1), help="Frames int8 calibrates on.")
+@click.option("--isa-limit", type=click.Choice(("avx2", "avx512")), default=None,
+              help="Cap torch's and OpenVINO's CPU kernels at this instruction set (oneDNN's ONEDNN_MAX_CPU_ISA, "
+                   "torch's ATEN_CPU_CAPABILITY), to measure a smaller CPU's kernels here; recorded in the JSON. "
+                   "OpenVINO's own interpolate/reduce/TopK kernels and ONNX Runtime ignore it (see docs/openvino.md).")
+@click.option("--profile", "profile_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write OpenVINO's per-layer profile of every openvino row, grouped by network part "
+                   "(Markdown + JSON), into this folder.")
+@click.option("--profile-iters", default=10, type=click.IntRange(min=1), help="Inferences each profile takes.")
+@click.option("--benchmark-app", "benchmark_app_seconds", default=0.0, type=click.FloatRange(min=0),
+              help="Also run OpenVINO's benchmark_app this many seconds on every openvino row's model, between "
+                   "two batches of our own frames, and report our forward time against its latency (0: off).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table, with the command and the machine, as Markdown here.")
 @click.pass_context
 def bench(ctx: click.Context, models, resolutions, scales, backends, precisions, device, frame_size,
           output_resolution, confidence, warmup, iters, weights, threads, cache_dir, calibration_data,
-          calibration_frames, json_path, markdown_path) -> None:
+          calibration_frames, isa_limit, profile_dir, profile_iters, benchmark_app_seconds, json_path,
+          markdown_path) -> None:
     """Latency/FPS/memory matrix over models, resolutions, scales, backends and precisions.
 
     The rows of one model, resolution and scales run in one loop with the authors'-style pipeline:
@@ -94,17 +107,29 @@ def bench(ctx: click.Context, models, resolutions, scales, backends, precisions,
     """
     if ctx.invoked_subcommand is not None:  # rtseg bench node: its options are its own
         return
+    if isa_limit is not None:
+        import os
+
+        from rtseg_ros.machine import isa_limit_environment
+
+        if "torch" in sys.modules or "openvino" in sys.modules:
+            raise click.UsageError("--isa-limit must be set before torch and openvino load; run rtseg bench directly")
+        os.environ.update(isa_limit_environment(isa_limit))  # read by oneDNN and ATen when they load, below
     import torch
 
     from rtseg_ros.benchmarks.engines import (
         BenchSettings,
         expand_matrix,
         format_table,
+        isa_text,
         machine_info,
+        prepare_calibration,
         run_matrix,
+        skip_reason,
         write_markdown,
         write_report,
     )
+    from rtseg_ros.machine import busy_warning, load_average
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if threads is not None:
@@ -121,6 +146,10 @@ def bench(ctx: click.Context, models, resolutions, scales, backends, precisions,
                f"GPU {machine['gpu'] or 'none'}; torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, "
                f"openvino {machine['openvino'] or '-'}, torch_tensorrt {machine['torch_tensorrt'] or '-'}; "
                f"load average {machine['load_average'][0]:.2f}")
+    click.echo(f"{isa_text(machine)}")
+    warning = busy_warning(machine["load_average"], machine["cores"])
+    if warning:
+        click.echo(f"WARNING: {warning}", err=True)
     rows, skipped = [], []
     for case, outcome in run_matrix(cases, settings):
         label = f"{case.model} {case.height}x{case.width} scales={','.join(map(str, case.scales))} " \
@@ -139,9 +168,21 @@ def bench(ctx: click.Context, models, resolutions, scales, backends, precisions,
                       if outcome.get("label_agreement_vs_fp32") is not None else ""))
     click.echo("")
     click.echo(format_table(rows) if rows else "no rows could run on this machine")
+    extra = {}
+    if profile_dir is not None or benchmark_app_seconds > 0:
+        from rtseg_ros.benchmarks.openvino_profile import openvino_reports
+
+        prepared = prepare_calibration(cases, settings)
+        measured = [case for case in cases if case.backend == "openvino" and skip_reason(case, prepared) is None]
+        extra["openvino_reports"] = openvino_reports(
+            measured, prepared, profile_dir=profile_dir, profile_iters=profile_iters,
+            benchmark_app_seconds=benchmark_app_seconds, echo=click.echo)
+    warning = busy_warning(load_average(), machine["cores"])
+    if warning:
+        click.echo(f"WARNING at the end: {warning}", err=True)
     command = " ".join(["rtseg bench", *(shlex.quote(a) for a in sys.argv[2:])])
     if json_path:
-        write_report(json_path, rows, skipped, settings, command, machine)
+        write_report(json_path, rows, skipped, settings, command, machine, extra)
         click.echo(f"wrote {json_path}")
     if markdown_path:
         write_markdown(markdown_path, rows, skipped, command, machine)

@@ -124,7 +124,8 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
         raise click.ClickException(f"cannot build the segmenter: {exc}") from None
     resolved = segmenter.config
     click.echo(f"{resolved.model} {resolved.backend} {resolved.precision} on {resolved.device}, input "
-               f"{resolved.input_height}x{resolved.input_width}, labels at {frame_size[0]}x{frame_size[1]}; "
+               f"{resolved.input_height}x{resolved.input_width}, labels at "
+               f"{'x'.join(map(str, segmenter.output_size(frame_size)))}; "
                f"cache {resolved.resolved_cache_dir()}")
     if resolved.backend == "torch":
         click.echo("the torch backend runs eagerly: nothing to build or cache")

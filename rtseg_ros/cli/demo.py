@@ -14,11 +14,14 @@ from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
 @click.command()
 @click.option("--source", default="synthetic", show_default=True,
               help="'synthetic' street scenes, a folder of images, a video file or a rosbag2 folder.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint. Default: the toy model (ATONet on the synthetic scenes), trained first if it is not "
-                   "cached yet (a few minutes on a CPU, once).")
+@click.option("--weights", default=None,
+              help="Checkpoint: a path, a file name in the models folders or a models/manifest.yaml entry. "
+                   "Default: synthetic_toy, the toy model shipped in models/ (ATONet on the synthetic scenes).")
+@click.option("--retrain", is_flag=True,
+              help="Train the toy model anew with the synthetic recipe (minutes on a CPU; Ctrl-C stops it, the "
+                   "next --retrain continues) and run that one.")
 @click.option("--untrained", is_flag=True,
-              help="Run untrained random weights, with no toy model training: the pipeline and its speed only.")
+              help="Run untrained random weights: the pipeline and its speed only.")
 @click.option("--config", default="cpu.yaml", show_default=True,
               help="Node parameter file: a name in the package's config folder or a path.")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default=None,
@@ -34,26 +37,28 @@ from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("rtseg_demo"),
               show_default=True, help="Folder for overlay.png, overlay.mp4, node.log and summary.json.")
 @click.option("--video", is_flag=True, help="Also write every overlay to overlay.mp4.")
-def demo(source: str, weights: str | None, untrained: bool, config: str, model: str | None,
+def demo(source: str, weights: str | None, retrain: bool, untrained: bool, config: str, model: str | None,
          input_size: tuple[int, int] | None, frame_size: tuple[int, int], rate: float, duration: float,
          bag_topic: str, out_dir: Path, video: bool) -> None:
     """Run the segmentation node on a camera source and print live statistics.
 
-    Without --weights it runs the toy model, training it first when it is not cached
-    (models/synthetic_toy.pth of $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros; Ctrl-C stops the training, the next run continues it).
+    Without --weights it runs the toy model shipped in models/ (synthetic_toy); --retrain trains
+    it anew first (into models/synthetic_toy.pth of $RTSEG_ROS_CACHE, else ~/.cache/rtseg_ros).
 
     The node runs in its own process and DDS stays on this host (unless ROS_AUTOMATIC_DISCOVERY_RANGE
     and FASTRTPS_DEFAULT_PROFILES_FILE are set already). Every second: camera and output rates,
     latency from frame stamp to labels, and the frames the node dropped to stay current.
     """
-    if untrained and weights:
-        raise click.UsageError("--untrained runs random weights; leave out --weights")
+    if untrained and (weights or retrain):
+        raise click.UsageError("--untrained runs random weights; leave out --weights and --retrain")
+    if retrain and weights:
+        raise click.UsageError("--retrain runs the toy model it trains; leave out --weights")
     # Ctrl-C stops the toy model's training or the camera cleanly (KeyboardInterrupt), also when the
     # demo was started with SIGINT ignored (a shell's `&`).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = DemoSettings(source=source, weights=weights, config=config, model=model, input_size=input_size,
                             frame_size=frame_size, rate_hz=rate, duration_s=duration, out_dir=out_dir,
-                            video=video, bag_topic=bag_topic, untrained=untrained)
+                            video=video, bag_topic=bag_topic, untrained=untrained, retrain=retrain)
     try:
         summary = run_demo(settings, echo=click.echo)
     except DemoError as exc:

@@ -57,23 +57,38 @@ def _dataset_options(func: Any) -> Any:
 @click.option("--label-set", help=f"Classes of the masks, recorded in the bag: {LABEL_SET_HELP}. Default: the "
               "data set's own (for --dataset folder: none recorded). A file's label_ids map the --dataset folder "
               "masks unless --label-map is given.")
+@click.option("--synthetic", "synthetic", type=click.IntRange(min=1), metavar="N",
+              help="Instead of a data set: N synthetic street scenes with exact ground truth (no download; "
+                   "--label-set cityscapes or camvid), scenes no training recipe draws from.")
+@click.option("--synthetic-size", default="256x512", show_default=True, metavar="HxW",
+              help="With --synthetic: the scenes' HEIGHTxWIDTH.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str | None, out: Path, storage: str,
-             rate_hz: float, limit: int | None, label_set: str | None, progress: bool) -> None:
-    """Turn a data set split into a rosbag2 with ground truth.
+             rate_hz: float, limit: int | None, label_set: str | None, synthetic: int | None, synthetic_size: str,
+             progress: bool) -> None:
+    """Turn a data set split (or synthetic scenes) into a rosbag2 with ground truth.
 
     Topics: /camera/image_raw (rgb8), /camera/camera_info, /ground_truth/labels (mono8 train ids,
     same stamp as the image) and /ground_truth/file_name (std_msgs/String, the image path relative to
     --root). Frames are streamed one at a time.
 
-    Example: rtseg make-bag --dataset cityscapes --root ~/data/cityscapes --split val --out val_bag
+    \b
+    Examples:
+      rtseg make-bag --synthetic 8 --out synthetic_bag
+      rtseg make-bag --dataset cityscapes --root ~/data/cityscapes --split val --out val_bag
     """
     from rtseg_ros.datasets import DatasetError
     from rtseg_ros.evaluation.sources import make_dataset_bag
     from rtseg_ros.io.bags import BagError
 
+    if synthetic is not None:
+        if dataset is not None or root is not None:
+            raise click.UsageError("--synthetic makes its own scenes; it does not go with --dataset/--root")
+        _make_synthetic_bag(synthetic, parse_size(synthetic_size), label_set or "cityscapes", out, storage,
+                            rate_hz)
+        return
     if dataset is None or root is None:
-        raise click.UsageError("make-bag needs --dataset and --root")
+        raise click.UsageError("make-bag needs --dataset and --root (or --synthetic N)")
     try:
         labels = _label_set_option(label_set)
         summary = make_dataset_bag(dataset, root, split, out, storage=storage, rate_hz=rate_hz, limit=limit,
@@ -85,11 +100,32 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
                f"{summary['without_ground_truth']} without ground truth")
 
 
+def _make_synthetic_bag(count: int, size: tuple[int, int], label_set: str, out: Path, storage: str,
+                        rate_hz: float) -> None:
+    """``count`` held-out synthetic scenes with ground truth in ``label_set`` as a bag at ``out``."""
+    from rtseg_ros.datasets.synthetic import SYNTHETIC_LABEL_SETS, held_out_scenes
+    from rtseg_ros.io.bags import CUSTOM_DATASET, CUSTOM_LABEL_SET, BagError, write_frames
+
+    if label_set not in SYNTHETIC_LABEL_SETS:
+        raise click.BadParameter(f"synthetic scenes come in {' or '.join(SYNTHETIC_LABEL_SETS)} classes, "
+                                 f"not {label_set!r}", param_hint="--label-set")
+    try:
+        frames = write_frames(out, held_out_scenes(count, label_set, *size), storage,
+                              period_ns=int(round(1e9 / rate_hz)),
+                              custom_data={CUSTOM_DATASET: "synthetic", CUSTOM_LABEL_SET: label_set})
+    except (BagError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {frames} synthetic {size[0]}x{size[1]} scenes with {label_set} ground truth to {out} "
+               f"({storage})")
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("bag", required=False, type=click.Path(path_type=Path))
 @_dataset_options
-@click.option("--model", type=click.Choice(MODEL_NAMES), default=SegmenterConfig.model, show_default=True)
-@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint; without it the weights are random.")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=None,
+              help=f"Network. Default: the one the checkpoint records, else {SegmenterConfig.model}.")
+@click.option("--weights", help="Checkpoint: a path, a file name in the models folders or the user cache, or a "
+              "models/manifest.yaml entry (e.g. synthetic_toy); without it the weights are random.")
 @click.option("--label-set",
               help=f"Classes of the ground truth and the weights: {LABEL_SET_HELP}. Default: the data set's own, "
                    "else the one make-bag recorded in the bag, else the one the checkpoint records, else cityscapes. "
@@ -128,7 +164,7 @@ def make_bag(dataset: str | None, root: Path | None, split: str, label_map: str 
               help="Live: never more than N frames awaiting the node's output (1: lockstep, so a slow node "
                    "drops none and the scores equal an offline run's); default: the bag's timing alone.")
 def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: str, label_map: str | None,
-             model: str, weights: str | None, label_set: str | None, backend: str, precision: str, device: str,
+             model: str | None, weights: str | None, label_set: str | None, backend: str, precision: str, device: str,
              calibration_data: str | None, calibration_frames: int, scales: str, input_size: str, output_resolution: str, json_path: Path, export_dir: Path | None,
              overlays: int, max_frames: int | None, progress: bool, live: bool, rate_factor: float,
              start_node: bool, namespace: str, timeout_s: float, max_in_flight: int | None) -> None:
@@ -163,6 +199,10 @@ def evaluate(bag: Path | None, dataset: str | None, root: Path | None, split: st
         raise click.UsageError("--live plays a BAG; make one with rtseg make-bag")
     if max_in_flight is not None and not live:
         raise click.UsageError("--max-in-flight paces live playback; add --live")
+    try:
+        weights, model = _weights_and_model(weights, model)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     context = _join_processes(device, live)
     device = _process_device(device, context)
     main = context.is_main
@@ -290,6 +330,24 @@ def _recorded_label_set(bag: Path | None, dataset: str | None) -> Any:
         if custom.get(CUSTOM_LABEL_SET):
             return get_label_set(custom[CUSTOM_LABEL_SET])
     return None
+
+
+def _weights_and_model(weights: str | None, model: str | None) -> tuple[str | None, str]:
+    """``--weights`` as the file it names (the one resolver the node uses too) and the network to run:
+    ``--model``, else the one the checkpoint records, else the default.
+
+    Raises:
+        ValueError: no such weights file (the message lists where it looked), or an unreadable checkpoint.
+    """
+    from rtseg_ros.engines.config import weights_file
+
+    path = weights_file(weights)
+    if model is None and path is not None:
+        from rtseg_ros.nets.checkpoint import read_checkpoint_info
+
+        recorded = read_checkpoint_info(path).get("model")
+        model = recorded if recorded in MODEL_NAMES else None
+    return (str(path) if path is not None else None), (model or SegmenterConfig.model)
 
 
 def _weights_hash(weights: str | None) -> str | None:

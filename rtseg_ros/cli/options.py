@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from rtseg_ros.names import ALL_SCALES
+from rtseg_ros.names import ALL_SCALES, fixed_output_size
 
 # The default of every --scales option: all of MFARANet's scales, as the option is written.
 ALL_SCALES_TEXT = ",".join(map(str, ALL_SCALES))
@@ -36,6 +36,17 @@ def parse_scales(value: str) -> tuple[int, ...]:
 def size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     """``click`` option callback around :func:`parse_size`; an absent option stays ``None``."""
     return None if value is None else parse_size(value)
+
+
+def output_resolution_callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``click`` option callback for ``--output-resolution``: the node parameter's forms (``input``,
+    ``network`` or ``WIDTHxHEIGHT``, width first as in the parameter), checked by
+    :func:`rtseg_ros.names.fixed_output_size`; the value stays text, as ``SegmenterConfig`` keeps it."""
+    try:
+        fixed_output_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def parse_parameter(item: str) -> tuple[str, Any]:

@@ -11,6 +11,8 @@ Scenes are generated in Cityscapes train ids; ``to_camvid`` regroups them into t
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 
@@ -33,6 +35,12 @@ _BASE_COLORS: dict[int, tuple[int, int, int]] = {
 }
 
 SYNTHETIC_CLASSES: tuple[str, ...] = tuple(CITYSCAPES.class_names[i] for i in sorted(_BASE_COLORS))
+
+# First seed of scenes no training recipe draws from (they train on seeds from 0 up): the demo's camera
+# and `rtseg make-bag --synthetic` show a trained model scenes it has never seen.
+HELD_OUT_FIRST_SEED = 100_000
+# The label sets whose classes the scenes can be drawn in (``labels_in``).
+SYNTHETIC_LABEL_SETS: tuple[str, ...] = ("cityscapes", "camvid")
 
 
 def make_scene(seed: int, height: int = 256, width: int = 512, *,
@@ -146,3 +154,30 @@ for _cs, _cv in {
 def to_camvid(labels: np.ndarray) -> np.ndarray:
     """Regroup a synthetic Cityscapes train-id map into CamVid's 11 classes."""
     return _TO_CAMVID[labels]
+
+
+def labels_in(labels: np.ndarray, label_set: str) -> np.ndarray:
+    """A scene's Cityscapes train-id map in ``label_set`` (one of :data:`SYNTHETIC_LABEL_SETS`).
+
+    Raises:
+        ValueError: a label set the scenes do not cover.
+    """
+    if label_set == "cityscapes":
+        return labels
+    if label_set == "camvid":
+        return to_camvid(labels)
+    raise ValueError(f"synthetic scenes come in {' or '.join(SYNTHETIC_LABEL_SETS)} classes, not {label_set!r}")
+
+
+def held_out_scenes(count: int, label_set: str = "cityscapes", height: int = 256, width: int = 512,
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+    """``count`` scenes from :data:`HELD_OUT_FIRST_SEED` on, as ``(rgb, labels in label_set, name)``.
+
+    Raises:
+        ValueError: a label set the scenes do not cover, or a size below 32x32.
+    """
+    if label_set not in SYNTHETIC_LABEL_SETS:
+        labels_in(np.zeros((1, 1), np.uint8), label_set)  # raises with the reason
+    for seed in range(HELD_OUT_FIRST_SEED, HELD_OUT_FIRST_SEED + count):
+        rgb, labels = make_scene(seed, height, width)
+        yield rgb, labels_in(labels, label_set), f"synthetic/{seed}.png"

@@ -26,10 +26,12 @@ from rtseg_ros.engines.config import (
 
 if TYPE_CHECKING:
     from rtseg_ros.engines.preprocessing import FrameError
-    from rtseg_ros.engines.segmenter import SegmentationResult, Segmenter
+    from rtseg_ros.engines.segmenter import BatchFrame, BatchFrameError, SegmentationResult, Segmenter
 
 # Names whose modules import torch: attribute -> module.
 _LAZY = {
+    "BatchFrame": "rtseg_ros.engines.segmenter",
+    "BatchFrameError": "rtseg_ros.engines.segmenter",
     "FrameError": "rtseg_ros.engines.preprocessing",
     "SegmentationResult": "rtseg_ros.engines.segmenter",
     "Segmenter": "rtseg_ros.engines.segmenter",
@@ -38,6 +40,8 @@ _LAZY = {
 
 __all__ = [
     "BACKENDS",
+    "BatchFrame",
+    "BatchFrameError",
     "OUTPUT_RESOLUTIONS",
     "PRECISIONS",
     "ConfigError",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,55 @@ class EngineSpec:
             **extra,
         }
 
+    @property
+    def logits_size(self) -> tuple[int, int]:
+        """(height, width) of the network's logits before its final resize (the network size over its stride)."""
+        stride = self.model.output_stride
+        return (self.config.input_height // stride, self.config.input_width // stride)
+
+    def batch_cache_key(self, **extra: Any) -> dict[str, Any]:
+        """The key of a batched network body (:class:`NetworkBody`): batches of 1 to ``max_batch``."""
+        config = self.config
+        return {
+            "part": "network body: logits before the final resize",
+            "model": config.model,
+            "weights_sha256": self.weights_id,
+            "graph_source_sha256": graph_source_sha256(),
+            "num_classes": self.num_classes,
+            "input_size": list(config.network_size),
+            "max_batch": config.max_batch,
+            "scales": list(config.scales),
+            "precision": config.precision,
+            "torch": torch.__version__,
+            **extra,
+        }
+
+    def batch_cache_name(self) -> str:
+        config = self.config
+        scales = "".join(str(s) for s in config.scales)
+        return (f"{config.model}-s{scales}-{config.input_height}x{config.input_width}-batch1to{config.max_batch}"
+                f"-logits-{config.precision}")
+
+    def finish_cache_key(self, output_size: tuple[int, int], with_confidence: bool, **extra: Any) -> dict[str, Any]:
+        """The key of one frame's finish (:class:`LogitsFinish`): it has no weights, only sizes and the resize."""
+        return {
+            "part": "finish: final resize, argmax, confidence",
+            "model": self.config.model,
+            "graph_source_sha256": graph_source_sha256(),
+            "num_classes": self.num_classes,
+            "logits_size": list(self.logits_size),
+            "output_size": list(output_size),
+            "outputs": ["labels", "confidence"] if with_confidence else ["labels"],
+            "torch": torch.__version__,
+            **extra,
+        }
+
+    def finish_cache_name(self, output_size: tuple[int, int], with_confidence: bool) -> str:
+        height, width = self.logits_size
+        outputs = "labels+confidence" if with_confidence else "labels"
+        return (f"finish-{self.config.model}-{self.num_classes}c-{height}x{width}"
+                f"-to-{output_size[0]}x{output_size[1]}-{outputs}")
+
     def cache_name(self, output_size: tuple[int, int], with_confidence: bool) -> str:
         """The cache slot: one per model, sizes, outputs, scales and precision (the rest is in the key)."""
         config = self.config
@@ -83,6 +132,42 @@ class SegmentationHead(nn.Module):
         return (labels, confidence) if self.with_confidence else labels
 
 
+class NetworkBody(nn.Module):
+    """The batched part of :meth:`Segmenter.segment_batch`: a Bx3xHxW batch at the network size in, the
+    network's logits before its final resize out (BxCxhxw at its output stride)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model.logits(image)
+        return logits
+
+
+class LogitsFinish(nn.Module):
+    """One frame's part after the batched :class:`NetworkBody`: its 1xCxhxw logits resized to the frame's
+    ``output_size`` by the network's own final resize, then argmax and (optionally) confidence.
+
+    ``NetworkBody`` followed by this computes what :class:`SegmentationHead` computes in one graph. It
+    holds no weights: the network is kept as its resize method only, so exporting it carries no
+    parameters.
+    """
+
+    def __init__(self, model: nn.Module, output_size: tuple[int, int], with_confidence: bool,
+                 label_dtype: torch.dtype = torch.uint8):
+        super().__init__()
+        self.resize_logits = model.resize_logits  # a bound method, not a submodule: no parameters
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.with_confidence = with_confidence
+        self.label_dtype = label_dtype
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        resized = self.resize_logits(logits, self.output_size)
+        labels, confidence = labels_and_confidence(resized, self.with_confidence, self.label_dtype)
+        return (labels, confidence) if self.with_confidence else labels
+
+
 class InferenceEngine(ABC):
     """Runs the network: a normalised 1x3xhxw image in, labels (and confidence) at ``output_size`` out.
 
@@ -109,6 +194,10 @@ class InferenceEngine(ABC):
         self.device = spec.device
         self.network_size = spec.config.network_size
         self._heads: dict[tuple[tuple[int, int], bool], Callable[[torch.Tensor], Any]] = {}
+        self.max_batch = spec.config.max_batch
+        self._body: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._finishes: dict[tuple[tuple[int, int], bool], Callable[[torch.Tensor], Any]] = {}
+        self._batch_ready = False
 
     @abstractmethod
     def _build_head(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
@@ -131,6 +220,90 @@ class InferenceEngine(ABC):
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         self.run(image, output_size, with_confidence)
+
+    # Batches ---------------------------------------------------------------------------------------
+    def _build_body(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A callable mapping a Bx3xHxW batch (1 <= B <= ``max_batch``) to :class:`NetworkBody`'s logits."""
+        raise NotImplementedError(f"the {self.name} backend runs no batches")
+
+    def _build_finish(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
+        """A callable mapping one frame's 1xCxhxw logits to what :class:`LogitsFinish` returns.
+
+        Eager PyTorch on the engine's device; backends that compile replace it with their own graph.
+        """
+        return LogitsFinish(self.spec.model, output_size, with_confidence)
+
+    def run_batch(self, images: torch.Tensor, output_sizes: Sequence[tuple[int, int]],
+                  with_confidence: bool) -> list[HeadOutput]:
+        """Labels (and confidence) of each image of a Bx3xHxW batch, the i-th at ``output_sizes[i]``.
+
+        The network runs once for the whole batch; the final resize, argmax and confidence run per
+        frame, each at its own output size. What a step needs is built on first use.
+
+        Raises:
+            ValueError: the batch is empty or larger than ``max_batch``, or the sizes do not match it.
+        """
+        count = images.shape[0]
+        if not 1 <= count <= self.max_batch:
+            raise ValueError(f"a batch holds 1 to max_batch={self.max_batch} images, got {count}")
+        if len(output_sizes) != count:
+            raise ValueError(f"{count} images but {len(output_sizes)} output sizes")
+        body = self._batch_body()
+        with torch.inference_mode():
+            logits = body(images)
+        results: list[HeadOutput] = []
+        for index, size in enumerate(output_sizes):
+            finish = self._finish(size, with_confidence)
+            with torch.inference_mode():
+                out = finish(logits[index:index + 1])
+            results.append((out[0], out[1]) if with_confidence else (out, None))
+        return results
+
+    def _batch_body(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self._body is None:
+            with torch.inference_mode(False):
+                self._body = self._build_body()
+        return self._body
+
+    def _finish(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
+        key = ((int(output_size[0]), int(output_size[1])), bool(with_confidence))
+        finish = self._finishes.get(key)
+        if finish is None:
+            with torch.inference_mode(False):
+                finish = self._finishes[key] = self._build_finish(*key)
+        return finish
+
+    def _warmup_batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes :meth:`prepare_batch` runs: the engines take any size in range once built, so the
+        smallest and the largest (compile builds batch 1 apart from the others)."""
+        return tuple(sorted({1, self.max_batch}))
+
+    def prepare_batch(self, output_sizes: Sequence[tuple[int, int]] = (), with_confidence: bool = False) -> None:
+        """Build or load the batched network for batches of 1 to ``max_batch`` and the finish of each of
+        ``output_sizes``, and run each once, so :meth:`run_batch` builds nothing for them."""
+        body = self._batch_body()
+        logits = None
+        for count in self._warmup_batch_sizes():
+            image = torch.zeros((count, 3, *self.network_size), dtype=self.input_dtype, device=self.device)
+            if self.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                logits = body(image)
+        for size in output_sizes:
+            finish = self._finish(size, with_confidence)
+            with torch.inference_mode():
+                finish(torch.zeros_like(logits[:1]))
+        self._batch_ready = True
+
+    @property
+    def batch_ready(self) -> bool:
+        """Whether the batched network is built for every batch size (:meth:`prepare_batch` has run)."""
+        return self._batch_ready or not self.builds_per_variant
+
+    def finish_ready(self, output_size: tuple[int, int], with_confidence: bool) -> bool:
+        """Whether the finish of ``output_size`` is built (always, where it is eager)."""
+        key = ((int(output_size[0]), int(output_size[1])), bool(with_confidence))
+        return not self.builds_per_variant or key in self._finishes
 
     def describe(self) -> dict[str, Any]:
         """Facts worth reporting with a measurement (provider, compile mode, ...)."""

@@ -42,6 +42,7 @@ from rtseg_ros.names import (
     PRECISIONS,
     SIZE_MULTIPLE,
     ParameterSpec,
+    fixed_output_size,
     normalize_scales,
 )
 from rtseg_ros.user_cache import cache_dir as default_cache_dir  # engines live in the user cache
@@ -62,6 +63,10 @@ __all__ = [
 ]
 
 LOG = logging.getLogger(__name__)
+
+# The seed of the random initial weights run when no weights are set: one fixed set of weights, so an
+# engine built for them is found in the cache by the next start instead of being exported again.
+RANDOM_WEIGHTS_SEED = 0
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 # Intel GPUs and NPUs as OpenVINO names them, in any case: gpu, gpu.1, npu. Only the openvino backend
@@ -84,7 +89,8 @@ class SegmenterConfig:
 
     Attributes:
         model: network name, one of ``mfaranet`` or ``atonet``.
-        weights: checkpoint path; ``None`` runs randomly initialised weights (a warning is logged).
+        weights: checkpoint: a path, a file name in the models folders or a manifest entry (:func:`weights_file`);
+            ``None`` runs the fixed random initial weights of :data:`RANDOM_WEIGHTS_SEED` (a warning is logged).
         label_set: label set the classes belong to: ``cityscapes``, ``camvid`` or the path of a label set
             YAML file; empty: the one the weights record (our checkpoints), else ``cityscapes``
             (:meth:`resolved_label_set`).
@@ -98,10 +104,14 @@ class SegmenterConfig:
             openvino, calibrated).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         output_resolution: ``input`` gives labels at each frame's own size, ``network`` at the
-            network input size.
+            network input size, ``WIDTHxHEIGHT`` (``640x480``) at that size whatever the frame's
+            (:func:`~rtseg_ros.names.fixed_output_size` reads it).
         cache_dir: where exports and engines are cached; ``None`` uses :func:`default_cache_dir`.
         calibration_data: folder of images or a rosbag2 for int8 calibration.
         calibration_frames: how many frames of ``calibration_data`` to calibrate on.
+        max_batch: the most frames :meth:`Segmenter.segment_batch` runs through the network at once
+            (the batched engines are built for batches of 1 to ``max_batch``). Not a node parameter:
+            a multi-camera node sets it to its camera count.
     """
 
     # The defaults of the fields that are node parameters are the parameters' own (names.PARAMETERS).
@@ -119,6 +129,7 @@ class SegmenterConfig:
     cache_dir: str | None = None
     calibration_data: str | None = None
     calibration_frames: int = 64
+    max_batch: int = 1
 
     @property
     def network_size(self) -> tuple[int, int]:
@@ -304,6 +315,8 @@ class SegmenterConfig:
                     f"({label_set.num_classes} classes)")
         self._validate_size()
         self._validate_scales()
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise ConfigError(f"max_batch must be an integer of at least 1, got {self.max_batch!r}")
         if self.backend not in BACKENDS and self.backend != AUTO_BACKEND:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)} or "
                               f"{AUTO_BACKEND}")
@@ -317,9 +330,10 @@ class SegmenterConfig:
         elif not _DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N "
                               "(gpu, gpu.N or npu: an Intel GPU/NPU with the openvino backend)")
-        if self.output_resolution not in OUTPUT_RESOLUTIONS:
-            raise ConfigError(
-                f"output_resolution must be one of {', '.join(OUTPUT_RESOLUTIONS)}, got {self.output_resolution!r}")
+        try:
+            fixed_output_size(self.output_resolution)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.backend == AUTO_BACKEND:
             self._validate_auto_backend()
         else:
@@ -400,10 +414,11 @@ def _resolve_label_set(reference: str, weights: str | None) -> LabelSet:
     from rtseg_ros.datasets.labels import LabelSetError, require_same_classes
 
     recorded, recorded_classes = None, None
-    if weights and Path(weights).expanduser().is_file():
+    path = weights_file(weights)
+    if path is not None:
         from rtseg_ros.nets.checkpoint import checkpoint_label_set
 
-        recorded, recorded_classes = checkpoint_label_set(weights)
+        recorded, recorded_classes = checkpoint_label_set(path)
     if not reference:
         if recorded is not None:
             return recorded
@@ -421,6 +436,24 @@ def _resolve_label_set(reference: str, weights: str | None) -> LabelSet:
         raise LabelSetError(f"the checkpoint {weights} has {recorded_classes} classes, but label_set {reference!r} "
                             f"is {given.summary()}")
     return given
+
+
+def weights_file(weights: str | None) -> Path | None:
+    """The file a ``weights`` setting names (:func:`rtseg_ros.nets.weights.resolve_weights`: a path, a file
+    name in the models folders or the user cache, a manifest entry); ``None`` for no weights.
+
+    Raises:
+        ConfigError: no such file; the message lists where it looked.
+    """
+    if not weights:
+        return None
+    from rtseg_ros.nets.checkpoint import WeightsError
+    from rtseg_ros.nets.weights import resolve_weights
+
+    try:
+        return resolve_weights(weights)
+    except WeightsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # Optional fields (None by default) are empty strings as node parameters.
@@ -483,8 +516,7 @@ def check_runtime(config: SegmenterConfig) -> None:
                     f"onnxruntime has only {sorted(providers)}; install onnxruntime-gpu or use device='cpu'")
     if config.backend == "openvino":
         _check_openvino(config)
-    if config.weights is not None and not Path(config.weights).expanduser().is_file():
-        raise ConfigError(f"weights file not found: {config.weights}")
+    weights_file(config.weights)  # a weights name that finds no file stops here, with where it looked
     if config.calibration_data is not None and not Path(config.calibration_data).expanduser().exists():
         raise ConfigError(f"calibration data not found: {config.calibration_data}")
 

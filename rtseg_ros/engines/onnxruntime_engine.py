@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
+from rtseg_ros.engines.base import EngineSpec, InferenceEngine, LogitsFinish, NetworkBody, SegmentationHead
 from rtseg_ros.engines.cache import ArtifactCache
 from rtseg_ros.engines.config import ConfigError
+from rtseg_ros.engines.quiet_export import quiet_export
 
 LOG = logging.getLogger(__name__)
 
 OPSET = 18
 IMAGE = "image"
 LABELS = "labels"
+LOGITS = "logits"
 CONFIDENCE = "confidence"
 
 
@@ -85,10 +87,47 @@ class OnnxRuntimeEngine(InferenceEngine):
         example = torch.zeros((1, 3, *self.network_size), dtype=torch.float32)
         head = SegmentationHead(self._export_model, output_size, with_confidence).eval()
         output_names = [LABELS, CONFIDENCE] if with_confidence else [LABELS]
-        with torch.no_grad():
+        with torch.no_grad(), quiet_export():
             torch.onnx.export(head, (example,), str(path), dynamo=True, opset_version=OPSET,
                               input_names=[IMAGE], output_names=output_names, external_data=False,
                               verbose=False)
+
+    def _build_body(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One export for every batch size: the batch dimension is dynamic (1 to ``max_batch``), height and
+        width static (the pooling grids stay exact)."""
+        entry = self._cache.entry(self.spec.batch_cache_name(), "model.onnx",
+                                  self.spec.batch_cache_key(opset=OPSET, exporter="torch.onnx dynamo"))
+        session = entry.load_or_build(load=self._open_session, build=self._export_body,
+                                      what=f"ONNX export ({self.spec.batch_cache_name()})")
+        return _BatchSessionRunner(session, (self.spec.num_classes, *self.spec.logits_size))
+
+    def _export_body(self, path: Path) -> None:
+        batch = min(self.max_batch, 2)  # an example of 1 would fix the batch size at 1
+        example = torch.zeros((batch, 3, *self.network_size), dtype=torch.float32)
+        dynamic = ({"image": {0: torch.export.Dim("batch", min=1, max=self.max_batch)}}
+                   if self.max_batch > 1 else None)
+        with torch.no_grad(), quiet_export():
+            torch.onnx.export(NetworkBody(self._export_model).eval(), (example,), str(path), dynamo=True,
+                              opset_version=OPSET, input_names=[IMAGE], output_names=[LOGITS],
+                              dynamic_shapes=dynamic, external_data=False, verbose=False)
+
+    def _build_finish(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
+        """ONNX Runtime's own resize and argmax at ``output_size``: a small export per output size."""
+        name = self.spec.finish_cache_name(output_size, with_confidence)
+        entry = self._cache.entry(name, "model.onnx", self.spec.finish_cache_key(
+            output_size, with_confidence, opset=OPSET, exporter="torch.onnx dynamo"))
+        session = entry.load_or_build(load=self._open_session,
+                                      build=lambda path: self._export_finish(path, output_size, with_confidence),
+                                      what=f"ONNX export ({name})")
+        return _SessionRunner(session, output_size, with_confidence, input_name=LOGITS)
+
+    def _export_finish(self, path: Path, output_size: tuple[int, int], with_confidence: bool) -> None:
+        example = torch.zeros((1, self.spec.num_classes, *self.spec.logits_size), dtype=torch.float32)
+        output_names = [LABELS, CONFIDENCE] if with_confidence else [LABELS]
+        with torch.no_grad(), quiet_export():
+            torch.onnx.export(LogitsFinish(self._export_model, output_size, with_confidence).eval(), (example,),
+                              str(path), dynamo=True, opset_version=OPSET, input_names=[LOGITS],
+                              output_names=output_names, external_data=False, verbose=False)
 
     def _open_session(self, path: Path):
         ort = self._ort
@@ -114,10 +153,11 @@ class _SessionRunner:
     Binding hands ONNX Runtime the tensors' own memory: no host round trip on CUDA, no copy on CPU.
     """
 
-    def __init__(self, session: Any, output_size: tuple[int, int], with_confidence: bool):
+    def __init__(self, session: Any, output_size: tuple[int, int], with_confidence: bool, input_name: str = IMAGE):
         self.session = session
         self.output_size = output_size
         self.with_confidence = with_confidence
+        self.input_name = input_name
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         image = image.contiguous()
@@ -126,7 +166,8 @@ class _SessionRunner:
         device_id = device.index or 0
         labels = torch.empty(self.output_size, dtype=torch.uint8, device=device)
         binding = self.session.io_binding()
-        binding.bind_input(IMAGE, device_type, device_id, np.float32, tuple(image.shape), image.data_ptr())
+        binding.bind_input(self.input_name, device_type, device_id, np.float32, tuple(image.shape),
+                           image.data_ptr())
         binding.bind_output(LABELS, device_type, device_id, np.uint8, tuple(labels.shape), labels.data_ptr())
         confidence = None
         if self.with_confidence:
@@ -137,3 +178,25 @@ class _SessionRunner:
             torch.cuda.current_stream(device).synchronize()  # the input must be written before ORT reads it
         self.session.run_with_iobinding(binding)
         return (labels, confidence) if self.with_confidence else labels
+
+
+class _BatchSessionRunner:
+    """Calls the batched body session: a Bx3xHxW image batch in, BxCxhxw logits out, bound in place."""
+
+    def __init__(self, session: Any, logits_shape: tuple[int, int, int]):
+        self.session = session
+        self.logits_shape = logits_shape
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(torch.float32).contiguous()
+        device = images.device
+        device_type = "cuda" if device.type == "cuda" else "cpu"
+        device_id = device.index or 0
+        logits = torch.empty((images.shape[0], *self.logits_shape), dtype=torch.float32, device=device)
+        binding = self.session.io_binding()
+        binding.bind_input(IMAGE, device_type, device_id, np.float32, tuple(images.shape), images.data_ptr())
+        binding.bind_output(LOGITS, device_type, device_id, np.float32, tuple(logits.shape), logits.data_ptr())
+        if device_type == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # the input must be written before ORT reads it
+        self.session.run_with_iobinding(binding)
+        return logits

@@ -27,15 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
+from rtseg_ros.engines.base import EngineSpec, InferenceEngine, LogitsFinish, NetworkBody, SegmentationHead
 from rtseg_ros.engines.cache import ArtifactCache
 from rtseg_ros.engines.calibration import CalibrationImages, calibration_key
 from rtseg_ros.engines.config import ConfigError, openvino_device_name, openvino_device_present
+from rtseg_ros.engines.quiet_export import quiet_export
 
 LOG = logging.getLogger(__name__)
 
 ARTIFACT = "model.blob"
-CONVERTER = "torch.export+openvino.convert_model"
+IR_NAME = "model.xml"  # the same model as IR, beside the blob (ir_path)
+# "+module-names": operations are named after the torch module that made them (see name_by_module);
+# "+static-input": the input is fixed at 1x3xHxW.
+STATIC_INPUT = True
+CONVERTER = "torch.export+openvino.convert_model+module-names" + ("+static-input" if STATIC_INPUT else "")
 # NNCF's target device per OpenVINO device kind (it shapes which operations get quantized).
 _NNCF_TARGETS = {"CPU": "CPU", "GPU": "GPU", "NPU": "NPU"}
 
@@ -49,6 +54,58 @@ def import_openvino():
             f"the openvino backend needs OpenVINO, which failed to import ({exc}); "
             "pip install 'rtseg_ros[openvino]'") from exc
     return openvino
+
+
+def name_by_module(model: Any, exported: torch.export.ExportedProgram) -> int:
+    """Rename the operations of ``model`` (converted from ``exported``) after the torch modules that made them.
+
+    The converter names an operation after the graph node it came from (``relu_3/aten.relu.default/Relu``),
+    except where it fused or folded several (a convolution with its batch norm becomes ``Multiply_8292``,
+    numbered per process). Every operation whose output carries a graph node's tensor name, or whose name
+    starts with one, is renamed ``<module path>/<node>/<type>`` (``model.encoder.layer1.0.conv1/conv2d_3/
+    Convolution``; ``head`` for the segmentation head's own operations), so performance counters and
+    NNCF's ignored scopes can name parts of the network by module, in every process. Operations with no
+    graph node (constants, converter helpers) keep their names. Names stay unique. Returns how many
+    operations were renamed.
+    """
+    modules: dict[str, str] = {}
+    for node in exported.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        modules[node.name] = (list(stack.values())[-1][0] or "head") if stack else "head"
+    used: set[str] = {op.get_friendly_name() for op in model.get_ops()}
+    renamed = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Parameter", "Result", "Constant"):
+            continue
+        candidates = [name.split(":")[0] for output in op.outputs() for name in output.get_names()]
+        candidates.append(op.get_friendly_name().split("/")[0])
+        node = next((name for name in candidates if name in modules), None)
+        if node is None:
+            continue
+        base = f"{modules[node]}/{node}/{op.get_type_name()}"
+        name, suffix = base, 1
+        while name in used:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        used.add(name)
+        op.set_friendly_name(name)
+        renamed += 1
+    return renamed
+
+
+def _as_converted(exported: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``exported`` decomposed as OpenVINO's converter decomposes it before converting, so its node names
+    are the ones the converted operations carry (the converter's own table; ``exported`` as it is if this
+    OpenVINO release keeps it elsewhere)."""
+    try:
+        from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
+    except ImportError:
+        return exported
+    table = getattr(TorchFXPythonDecoder, "_decomp_table", None)
+    if table is None:
+        return exported
+    with quiet_export():
+        return exported.run_decompositions(table)
 
 
 def compile_properties(device: str, precision: str, threads: int) -> dict[str, Any]:
@@ -93,6 +150,10 @@ class OpenVINOEngine(InferenceEngine):
         self._export_model = spec.model.to("cpu", dtype=torch.float32).eval()
 
     def _key(self, output_size: tuple[int, int], with_confidence: bool) -> dict[str, Any]:
+        return self.spec.cache_key(output_size, with_confidence, **self._key_fields())
+
+    def _key_fields(self) -> dict[str, Any]:
+        """What a compiled model depends on beyond the graph: OpenVINO, the device, properties, calibration."""
         config = self.spec.config
         # Threads are a run-time property; everything else changes the compiled code.
         compiled_as = {k: v for k, v in self.properties.items() if k != "INFERENCE_NUM_THREADS"}
@@ -102,7 +163,7 @@ class OpenVINOEngine(InferenceEngine):
             # The version from the package metadata: importing nncf takes seconds, a cache hit needs none.
             extra["calibration"] = {**calibration_key(config.calibration_data, config.calibration_frames),
                                     "nncf": importlib.metadata.version("nncf")}
-        return self.spec.cache_key(output_size, with_confidence, **extra)
+        return extra
 
     def _build_head(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
         name = f"{self.spec.cache_name(output_size, with_confidence)}-{self.ov_device}"
@@ -110,29 +171,64 @@ class OpenVINOEngine(InferenceEngine):
         compiled = entry.load_or_build(load=self._import, build=lambda path: self._build(path, output_size,
                                                                                          with_confidence),
                                        what=f"OpenVINO {self.precision} model ({name})")
-        return _InferRunner(self._ov, compiled, output_size, with_confidence)
+        return _InferRunner(self._ov, compiled, output_size, with_confidence, entry.artifact)
 
     def _import(self, path: Path):
         # The cache logs how long a hit took; the properties (threads) apply to the imported model.
         return self.core.import_model(path.read_bytes(), self.ov_device, self.properties)
 
     def convert(self, output_size: tuple[int, int], with_confidence: bool):
-        """The fp32 ``openvino.Model`` of the segmentation head at the network input size."""
+        """The fp32 ``openvino.Model`` of the segmentation head at the network input size, its operations
+        named after their torch modules (:func:`name_by_module`)."""
         example = torch.zeros((1, 3, *self.network_size), dtype=torch.float32)
         head = SegmentationHead(self._export_model, output_size, with_confidence).eval()
-        with torch.no_grad():
+        with torch.no_grad(), quiet_export():
             exported = torch.export.export(head, (example,))
-        return self._ov.convert_model(exported)
+            model = self._ov.convert_model(exported)
+        if STATIC_INPUT:
+            # The converter leaves the input's batch and size dynamic ([?,3,?,?]) even though every shape
+            # behind it was folded for this size; a dynamic input keeps the plugin's per-call shape path.
+            model.reshape([1, 3, *self.network_size])
+        name_by_module(model, _as_converted(exported))
+        return model
 
-    def _build(self, path: Path, output_size: tuple[int, int], with_confidence: bool) -> None:
+    def compiled_artifact(self, output_size: tuple[int, int], with_confidence: bool = False) -> Path:
+        """The cached compiled model (``CompiledModel.export_model``) that serves ``output_size``; built if
+        missing. ``benchmark_app -m`` takes it as it is."""
+        key = ((int(output_size[0]), int(output_size[1])), bool(with_confidence))
+        if key not in self._heads:
+            self.prepare(*key)
+        return self._heads[key].artifact
+
+    def profiling_model(self, output_size: tuple[int, int], with_confidence: bool = False):
+        """The served compiled model imported again with performance counters on (``PERF_COUNT``), so
+        ``request.profiling_info`` gives each executed layer's time and kernel: same blob, same properties."""
+        path = self.compiled_artifact(output_size, with_confidence)
+        return self.core.import_model(path.read_bytes(), self.ov_device, {**self.properties, "PERF_COUNT": True})
+
+    def graph(self, output_size: tuple[int, int], with_confidence: bool):
+        """The ``openvino.Model`` that is compiled for ``output_size``: converted, and quantized for int8."""
         started = time.perf_counter()
         model = self.convert(output_size, with_confidence)
         LOG.info("converted the %s head to OpenVINO in %.1f s", self.spec.config.model, time.perf_counter() - started)
         if self.precision == "int8":
             model = self._quantize(model)
-        compiled = self.core.compile_model(model, self.ov_device, self.properties)
-        blob = compiled.export_model()  # bytes in older OpenVINO releases, a BytesIO in newer ones
-        path.write_bytes(blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob))
+        return model
+
+    def ir_path(self, output_size: tuple[int, int], with_confidence: bool = False) -> Path:
+        """The OpenVINO IR (``.xml`` + ``.bin``, weights as they are) of the model compiled for ``output_size``,
+        kept beside the cached blob, for tools that compile it themselves such as ``benchmark_app`` (it
+        refuses a precision for an imported blob, and a blob imported without one runs bf16 on CPUs that
+        have it). Written once if an older cache entry lacks it (int8 then calibrates again)."""
+        path = self.compiled_artifact(output_size, with_confidence).parent / IR_NAME
+        if not path.is_file():
+            self._ov.save_model(self.graph(output_size, with_confidence), str(path), compress_to_fp16=False)
+        return path
+
+    def _build(self, path: Path, output_size: tuple[int, int], with_confidence: bool) -> None:
+        model = self.graph(output_size, with_confidence)
+        self._ov.save_model(model, str(path.parent / IR_NAME), compress_to_fp16=False)  # see ir_path
+        self._write_blob(path, model)
 
     def _quantize(self, model):
         """NNCF post-training int8 quantization on the configured calibration frames."""
@@ -149,6 +245,51 @@ class OpenVINOEngine(InferenceEngine):
         LOG.info("int8 calibration took %.1f s", time.perf_counter() - started)
         return quantized
 
+    def _build_body(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One compiled model for every batch size: batch 1 to ``max_batch``, height and width static."""
+        name = f"{self.spec.batch_cache_name()}-{self.ov_device}"
+        entry = self._cache.entry(name, ARTIFACT, self.spec.batch_cache_key(**self._key_fields()))
+        compiled = entry.load_or_build(load=self._import, build=self._build_body_blob,
+                                       what=f"OpenVINO {self.precision} model ({name})")
+        return _BatchInferRunner(self._ov, compiled, (self.spec.num_classes, *self.spec.logits_size))
+
+    def _build_body_blob(self, path: Path) -> None:
+        batch = min(self.max_batch, 2)  # an example of 1 would fix the batch size at 1
+        example = torch.zeros((batch, 3, *self.network_size), dtype=torch.float32)
+        dynamic = ({"image": {0: torch.export.Dim("batch", min=1, max=self.max_batch)}}
+                   if self.max_batch > 1 else None)
+        with torch.no_grad(), quiet_export():
+            exported = torch.export.export(NetworkBody(self._export_model).eval(), (example,),
+                                           dynamic_shapes=dynamic)
+            model = self._ov.convert_model(exported)
+        # The converter leaves height and width dynamic too; static ones keep the pooling grids folded.
+        model.reshape([self._ov.Dimension(1, self.max_batch), 3, *self.network_size])
+        if self.precision == "int8":
+            model = self._quantize(model)
+        self._write_blob(path, model)
+
+    def _build_finish(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
+        """OpenVINO's own resize and argmax at ``output_size`` (fp32 logits in): one small model per size."""
+        name = f"{self.spec.finish_cache_name(output_size, with_confidence)}-{self.ov_device}"
+        fields = {k: v for k, v in self._key_fields().items() if k != "calibration"}  # nothing to quantize
+        entry = self._cache.entry(name, ARTIFACT, self.spec.finish_cache_key(output_size, with_confidence, **fields))
+
+        def build(path: Path) -> None:
+            example = torch.zeros((1, self.spec.num_classes, *self.spec.logits_size), dtype=torch.float32)
+            finish = LogitsFinish(self._export_model, output_size, with_confidence).eval()
+            with torch.no_grad(), quiet_export():
+                model = self._ov.convert_model(torch.export.export(finish, (example,)))
+            model.reshape([1, self.spec.num_classes, *self.spec.logits_size])
+            self._write_blob(path, model)
+
+        compiled = entry.load_or_build(load=self._import, build=build, what=f"OpenVINO finish ({name})")
+        return _InferRunner(self._ov, compiled, output_size, with_confidence, entry.artifact)
+
+    def _write_blob(self, path: Path, model: Any) -> None:
+        compiled = self.core.compile_model(model, self.ov_device, self.properties)
+        blob = compiled.export_model()  # bytes in older OpenVINO releases, a BytesIO in newer ones
+        path.write_bytes(blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob))
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "openvino": self._ov.__version__, "device": self.ov_device,
                 "device_name": self.device_name,
@@ -162,9 +303,10 @@ class _InferRunner:
     (the caller keeps them, so they cannot be reused across calls): no copy on the CPU.
     """
 
-    def __init__(self, ov: Any, compiled: Any, output_size: tuple[int, int], with_confidence: bool):
+    def __init__(self, ov: Any, compiled: Any, output_size: tuple[int, int], with_confidence: bool, artifact: Path):
         self._ov = ov
         self.compiled = compiled
+        self.artifact = artifact  # the cached blob it was imported from
         self.request = compiled.create_infer_request()
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.with_confidence = with_confidence
@@ -181,3 +323,21 @@ class _InferRunner:
             self.request.set_output_tensor(1, ov.Tensor(confidence.numpy(), shared_memory=True))
         self.request.infer()
         return (labels, confidence) if self.with_confidence else labels
+
+
+class _BatchInferRunner:
+    """The batched body's compiled model called on a Bx3xHxW batch; the logits are written into a torch tensor."""
+
+    def __init__(self, ov: Any, compiled: Any, logits_shape: tuple[int, int, int]):
+        self._ov = ov
+        self.request = compiled.create_infer_request()
+        self.logits_shape = logits_shape
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        ov = self._ov
+        pixels = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+        self.request.set_input_tensor(ov.Tensor(pixels, shared_memory=True))
+        logits = torch.empty((pixels.shape[0], *self.logits_shape), dtype=torch.float32)
+        self.request.set_output_tensor(0, ov.Tensor(logits.numpy(), shared_memory=True))
+        self.request.infer()
+        return logits

@@ -9,14 +9,16 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["LatestFrameWorker", "EngineSwapper", "EngineState"]
+__all__ = ["BatchScheduler", "LatestFrameWorker", "EngineSwapper", "EngineState"]
 
 _log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+Key = TypeVar("Key", bound=Hashable)
 Engine = TypeVar("Engine")
 Config = TypeVar("Config")
 
@@ -219,3 +221,91 @@ class EngineSwapper(Generic[Config, Engine]):
             self._engine, self._config = engine, config
             self._state, self._last_error = EngineState.SERVING, ""
         self._on_swap(config)
+
+
+class BatchScheduler(Generic[Key, Item]):
+    """Many sources, one handler: the newest item of every source that has one waiting, as one batch.
+
+    The multi-camera policy (one engine for N cameras, the way a stream muxer feeds a batched
+    inference engine): each source (camera) has one pending slot, so a source that sends faster than
+    the handler runs replaces its own waiting item (``submit`` says so, for that source's drop count)
+    and never delays the others. When the handler is free, it gets what is waiting, at most
+    ``max_batch`` items, one per source. Sources are taken in turn, starting after the one served
+    longest ago, so that under overload no source starves: with more sources waiting than fit in a
+    batch, the ones left out go first in the next batch.
+
+    With ``batch_wait_s`` > 0 a batch that is not full waits up to that long (from its first item) for
+    more sources, which trades latency for larger batches; 0 takes what is there.
+
+    Raises:
+        ValueError: ``max_batch`` below 1 or a negative ``batch_wait_s``.
+    """
+
+    def __init__(self, handle: Callable[[list[tuple[Key, Item]]], None], max_batch: int,
+                 batch_wait_s: float = 0.0, name: str = "batch-scheduler") -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if batch_wait_s < 0:
+            raise ValueError(f"batch_wait_s must not be negative, got {batch_wait_s}")
+        self._handle = handle
+        self._max_batch = max_batch
+        self.batch_wait_s = batch_wait_s  # read per batch: a parameter change takes effect at once
+        self._pending: dict[Key, Item] = {}
+        # Sources by when they were last served, least recently first (insertion order of the dict).
+        self._turns: dict[Key, None] = {}
+        self._stopping = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, key: Key, item: Item) -> bool:
+        """Make ``item`` the one waiting for ``key``; returns True if it replaced one not yet handled."""
+        with self._condition:
+            displaced = key in self._pending
+            self._pending[key] = item
+            self._turns.setdefault(key, None)
+            self._condition.notify()
+        return displaced
+
+    def discard(self, key: Key) -> bool:
+        """Forget what ``key`` has waiting (a source that stops); returns whether something was waiting."""
+        with self._condition:
+            self._turns.pop(key, None)
+            return self._pending.pop(key, None) is not None
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Finish the batch in hand, drop the pending items and end the thread."""
+        with self._condition:
+            self._stopping = True
+            self._pending.clear()
+            self._condition.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+                wait_s = self.batch_wait_s
+                if wait_s > 0:
+                    deadline = time.monotonic() + wait_s
+                    while (not self._stopping and len(self._pending) < self._max_batch
+                           and (left := deadline - time.monotonic()) > 0):
+                        self._condition.wait(left)
+                    if self._stopping:
+                        return
+                batch = self._take_fair()
+            try:
+                self._handle(batch)
+            except Exception:  # noqa: BLE001 - the handler reports its own errors; this keeps the thread alive
+                _log.exception("batch handler failed")
+
+    def _take_fair(self) -> list[tuple[Key, Item]]:
+        """Up to ``max_batch`` waiting items, one per source, least recently served source first."""
+        keys = [key for key in self._turns if key in self._pending][:self._max_batch]
+        for key in keys:  # served now: to the back of the line
+            self._turns.pop(key)
+            self._turns[key] = None
+        return [(key, self._pending.pop(key)) for key in keys]

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine, SegmentationHead
+from rtseg_ros.engines.base import EngineSpec, InferenceEngine, NetworkBody, SegmentationHead
 from rtseg_ros.engines.cache import ArtifactCache, graph_source_sha256
 from rtseg_ros.engines.config import ConfigError
 from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device
@@ -58,6 +58,7 @@ BUILD_SETTINGS: dict[str, Any] = {
     "engine_label_dtype": "int32",
     "int8": "ModelOpt INT8_DEFAULT_CFG on the fp16 network",
     "artifact": "torch_tensorrt.save(output_format='exported_program')",
+    "batch": "body exported with a dynamic batch Dim(1..max_batch); Input(min 1, opt and max max_batch)",
 }
 
 
@@ -78,6 +79,38 @@ def export_head(module: nn.Module, example: torch.Tensor) -> torch.export.Export
     """``torch.export`` of ``module`` as the backend does it (non-strict, no autograd)."""
     with torch.no_grad():
         return torch.export.export(module, (example,), strict=False)
+
+
+def tensorrt_body(model: nn.Module, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> NetworkBody:
+    """The exact module the TensorRT backend exports for batches: a copy of ``model`` in ``dtype`` on
+    ``device``, returning the logits before the final resize (which runs per frame, outside TensorRT)."""
+    return NetworkBody(copy.deepcopy(model).to(device=device, dtype=dtype).eval()).eval()
+
+
+def export_body(module: nn.Module, example: torch.Tensor, max_batch: int) -> torch.export.ExportedProgram:
+    """``torch.export`` of a batched body as the backend does it: the batch dimension dynamic, 1 to
+    ``max_batch`` (static when that is 1), height and width static. ``example`` needs a batch of 2 or
+    more when ``max_batch`` is (an example of 1 would specialise the graph to 1)."""
+    dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if max_batch > 1 else None
+    with torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes=dynamic, strict=False)
+
+
+def batch_example(network_size: tuple[int, int], max_batch: int, dtype: torch.dtype,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The example batch :func:`export_body` traces with: 2 images (1 when ``max_batch`` is 1)."""
+    return torch.zeros((min(max_batch, 2), 3, *network_size), dtype=dtype, device=device)
+
+
+def batch_input(trt: Any, network_size: tuple[int, int], max_batch: int, dtype: torch.dtype) -> Any:
+    """TensorRT's optimization profile for batches: ``torch_tensorrt.Input`` with min batch 1 and opt and
+    max batch ``max_batch`` (a multi-camera node mostly runs full batches). The same object goes to
+    ``dynamo.compile`` and ``save``: 2.13's ``save`` re-exports with the dynamic shapes it infers
+    from it, 2.8's ignores it and keeps the compiled graph's own."""
+    height, width = network_size
+    return trt.Input(min_shape=(1, 3, height, width), opt_shape=(max_batch, 3, height, width),
+                     max_shape=(max_batch, 3, height, width), dtype=dtype)
 
 
 def compile_settings(compile_fn: Callable[..., Any], device: torch.device, timing_cache: Path) -> dict[str, Any]:
@@ -235,6 +268,10 @@ class TensorRTEngine(InferenceEngine):
         return self._calibration
 
     def _key(self, output_size: tuple[int, int], with_confidence: bool) -> dict[str, Any]:
+        return self.spec.cache_key(output_size, with_confidence, **self._key_fields())
+
+    def _key_fields(self) -> dict[str, Any]:
+        """What an engine depends on beyond the graph: the GPU, the libraries, the build, the calibration."""
         extra: dict[str, Any] = {
             "gpu": self.gpu, **self.versions, "network_dtype": str(self.network_dtype),
             "build_settings": BUILD_SETTINGS,
@@ -242,7 +279,7 @@ class TensorRTEngine(InferenceEngine):
         }
         if self.precision == "int8":
             extra["calibration"] = self._calibration_fields()
-        return self.spec.cache_key(output_size, with_confidence, **extra)
+        return extra
 
     def _build_head(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
         name = self.spec.cache_name(output_size, with_confidence)
@@ -261,30 +298,57 @@ class TensorRTEngine(InferenceEngine):
         return run
 
     def _build(self, path: Path, output_size: tuple[int, int], with_confidence: bool) -> None:
-        trt = self._trt
-        self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         module = tensorrt_head(self.spec.model, output_size, with_confidence, self.network_dtype, self.device)
         example = torch.zeros((1, 3, *self.network_size), device=self.device, dtype=self.network_dtype)
+        self._compile_and_save(path, module, lambda m: export_head(m, example), [example],
+                               f"{output_size[0]}x{output_size[1]}{'+confidence' if with_confidence else ''}")
+
+    def _build_body(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One engine for batches of 1 to ``max_batch`` (an optimization profile); the per-frame finish
+        stays eager PyTorch on the GPU, where a resize and argmax take well under a millisecond."""
+        name = self.spec.batch_cache_name()
+        entry = self._cache.entry(name, ARTIFACT, self.spec.batch_cache_key(**self._key_fields()))
+        module = entry.load_or_build(load=lambda path: torch.export.load(str(path)).module(),
+                                     build=self._build_body_engine, what=f"TensorRT engine ({name})")
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            return module(images.contiguous())
+
+        return run
+
+    def _build_body_engine(self, path: Path) -> None:
+        module = tensorrt_body(self.spec.model, self.network_dtype, self.device)
+        example = batch_example(self.network_size, self.max_batch, self.network_dtype, self.device)
+        inputs = ([batch_input(self._trt, self.network_size, self.max_batch, self.network_dtype)]
+                  if self.max_batch > 1 else [example])
+        self._compile_and_save(path, module, lambda m: export_body(m, example, self.max_batch), inputs,
+                               f"batch1to{self.max_batch}")
+
+    def _compile_and_save(self, path: Path, module: nn.Module,
+                          export: Callable[[nn.Module], torch.export.ExportedProgram], inputs: list[Any],
+                          label: str) -> None:
+        """Export ``module`` (quantized first for int8), compile it for ``inputs`` and save it to ``path``."""
+        trt = self._trt
+        self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         settings = compile_settings(trt.dynamo.compile, self.device, self.timing_cache)
         with torch.no_grad():
             if self.precision == "int8":
                 from modelopt.torch.quantization.utils import export_torch_mode
 
                 module = self._quantize(module)
-                with export_torch_mode():  # as NVIDIA's examples: compile sees the same Q/DQ ops
-                    exported = export_quantized_head(module, example)
-                    compiled = trt.dynamo.compile(exported, arg_inputs=[example], **settings)
+                # As NVIDIA's examples: export and compile both see ModelOpt's quantizers as TensorRT Q/DQ ops.
+                with export_torch_mode():
+                    compiled = trt.dynamo.compile(export(module), arg_inputs=inputs, **settings)
             else:
-                exported = export_head(module, example)
-                compiled = trt.dynamo.compile(exported, arg_inputs=[example], **settings)
+                compiled = trt.dynamo.compile(export(module), arg_inputs=inputs, **settings)
         partitions = count_partitions(compiled)
-        self.partitions[f"{output_size[0]}x{output_size[1]}{'+confidence' if with_confidence else ''}"] = partitions
+        self.partitions[label] = partitions
         if partitions["pytorch"]:
-            LOG.warning("TensorRT engine for %s runs %d subgraph(s) in PyTorch (%s); see the export audit",
-                        output_size, partitions["pytorch"], partitions)
-        trt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example])
+            LOG.warning("TensorRT engine %s runs %d subgraph(s) in PyTorch (%s); see the export audit",
+                        label, partitions["pytorch"], partitions)
+        trt.save(compiled, str(path), output_format="exported_program", arg_inputs=inputs)
 
-    def _quantize(self, module: SegmentationHead) -> nn.Module:
+    def _quantize(self, module: nn.Module) -> nn.Module:
         """Insert int8 quantize/dequantize nodes calibrated on the configured frames.
 
         The calibrated quantizer state is saved under ``calibration/`` and reused when an engine is

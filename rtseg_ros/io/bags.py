@@ -524,13 +524,15 @@ def bag_custom_data(path: str | Path) -> dict[str, str]:
 
 def write_frames(path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray | None, str | None]],
                  storage: str = "mcap", start_ns: int = 1_700_000_000 * 1_000_000_000,
-                 period_ns: int = 100_000_000, frame_id: str = DEFAULT_FRAME_ID) -> int:
-    """Write ``(image RGB, labels or None, name or None)`` triples as a bag, one frame every ``period_ns``.
+                 period_ns: int = 100_000_000, frame_id: str = DEFAULT_FRAME_ID,
+                 custom_data: dict[str, str] | None = None) -> int:
+    """Write ``(image RGB, labels or None, name or None)`` triples as a bag, one frame every ``period_ns``
+    (``custom_data``: the metadata's, e.g. ``CUSTOM_LABEL_SET``).
 
     Frames are consumed one at a time. If writing fails part-way, the bag is still closed, so the
     frames written so far stay readable. Returns the number of frames written.
     """
-    with BagWriter(path, storage, frame_id) as writer:
+    with BagWriter(path, storage, frame_id, custom_data) as writer:
         for index, (image, labels, name) in enumerate(frames):
             writer.write_frame(start_ns + index * period_ns, image, labels, name)
         return writer.frames_written

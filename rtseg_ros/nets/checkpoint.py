@@ -405,6 +405,25 @@ def save_weights(
     return path
 
 
+def write_half_copy(source: str | Path, target: str | Path) -> Path:
+    """Writes ``source`` (one of our weights files) to ``target`` with its floating-point tensors in fp16,
+    atomically: half the size for shipping, and loading casts them back to the model's dtype.
+
+    Raises:
+        WeightsError: ``source`` is unreadable or not one of our files.
+    """
+    payload = load_checkpoint_file(source)
+    if not (isinstance(payload, Mapping) and payload.get("format") == FORMAT):
+        raise WeightsError(f"{source} is not a weights file written by save_weights")
+    payload = dict(payload)
+    payload["state_dict"] = {key: (value.half() if value.is_floating_point() else value)
+                             for key, value in payload["state_dict"].items()}
+    target = Path(target)
+    with atomic_output(target) as tmp:
+        torch.save(payload, tmp)
+    return target
+
+
 def preview_keys(keys: list[str], limit: int = 8) -> str:
     """``"a, b, c (+N more)"`` for error messages that name keys."""
     if not keys:

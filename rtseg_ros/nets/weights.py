@@ -1,7 +1,9 @@
 """Finding weight files by path or by manifest name. Nothing is ever downloaded.
 
 ``models/manifest.yaml`` names the authors' released checkpoints, their label set, the file name to
-expect and where a user can fetch them. ``resolve_weights`` looks for files in, in order:
+expect and where a user can fetch them, and the toy model shipped with the package (``synthetic_toy``).
+``resolve_weights`` is the one resolver (node, ``rtseg eval``/``bench``/``build-engine``/``train``/``demo``); it
+looks for files in, in order:
 
 1. ``$RTSEG_MODELS_DIR``
 2. ``./models`` (the current directory)
@@ -93,11 +95,16 @@ def load_manifest(path: str | Path | None = None) -> dict[str, ManifestEntry]:
 
 
 def resolve_weights(spec: str | os.PathLike[str]) -> Path:
-    """Turns a path or a manifest entry name into the path of an existing weight file.
+    """Turns a weights name into the path of an existing weight file: the one resolver every command uses.
+
+    ``spec`` is, in this order: an existing path; a ``models/manifest.yaml`` entry name (its ``file``
+    looked up in :func:`search_dirs`; with a ``sha256`` recorded, the first copy whose hash matches);
+    or a file name looked up in :func:`search_dirs` (the package's ``models/``, the user cache's ...).
 
     Raises:
-        WeightsError: the file is nowhere to be found (the message says where to put it and where the
-            manifest says to download it), or its sha256 differs from the manifest's.
+        WeightsError: the file is nowhere to be found (the message lists the folders searched and,
+            for a manifest entry, where to download it), or every copy found of a manifest entry
+            differs from the manifest's sha256.
     """
     text = os.fspath(spec)
     direct = Path(text).expanduser()
@@ -110,16 +117,19 @@ def resolve_weights(spec: str | os.PathLike[str]) -> Path:
     entry = manifest.get(text)
     # A bare name is a manifest entry or a file name inside one of the search folders.
     filename = entry.file if entry else text
-    for folder in dirs:
-        candidate = folder / filename
-        if candidate.is_file():
-            if entry and entry.sha256 and weights_hash(candidate) != entry.sha256:
-                raise WeightsError(
-                    f"{candidate} does not match the manifest's sha256 for {entry.name!r}; "
-                    "the file is corrupt or a different checkpoint"
-                )
+    candidates = [folder / filename for folder in dirs if (folder / filename).is_file()]
+    if candidates and not (entry and entry.sha256):
+        return candidates[0]
+    for candidate in candidates:
+        # An older or retrained copy under the same name may shadow the manifest's file: skip it.
+        if weights_hash(candidate) == entry.sha256:
             return candidate
     where = ", ".join(str(d) for d in dirs)
+    if candidates:
+        raise WeightsError(
+            f"no copy of {entry.file} matches the manifest's sha256 for {entry.name!r} (found: "
+            f"{', '.join(map(str, candidates))}); the files are corrupt or different checkpoints"
+        )
     if entry:
         raise WeightsError(
             f"weights {entry.name!r} ({entry.model}, {entry.label_set}) not found: download {entry.file} from "
@@ -130,3 +140,10 @@ def resolve_weights(spec: str | os.PathLike[str]) -> Path:
         f"weights {text!r} is neither an existing file nor a manifest entry (known entries: {names}); "
         f"put weight files in models/ (searched: {where})"
     )
+
+
+def resolve_optional_weights(spec: str | os.PathLike[str] | None) -> Path | None:
+    """:func:`resolve_weights`, with ``None`` or ``""`` (no weights: random initial weights) as ``None``."""
+    if spec is None or not os.fspath(spec):
+        return None
+    return resolve_weights(spec)

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from rtseg_ros.datasets.labels import LabelSet
+from rtseg_ros.datasets.synthetic import HELD_OUT_FIRST_SEED
 from rtseg_ros.engines import SegmenterConfig
 from rtseg_ros.io.frames import FrameSourceError, is_bag, open_frames, synthetic_frames
 from rtseg_ros.names import PARAMETERS, Topics
@@ -43,6 +44,7 @@ __all__ = [
     "DemoError",
     "DemoSettings",
     "DemoSummary",
+    "TOY_MODEL",
     "TOY_WEIGHTS",
     "TOY_RUN_DIR",
     "UNTRAINED_WARNING",
@@ -56,20 +58,20 @@ __all__ = [
     "run_demo",
 ]
 
-# Where the ``synthetic`` training recipe leaves its toy model; the demo uses it when present.
+# The toy model shipped in models/ (a models/manifest.yaml entry): what the demo runs by default.
+TOY_MODEL = "synthetic_toy"
+# Where the ``synthetic`` training recipe leaves a toy model it trains (`rtseg demo --retrain`).
 TOY_WEIGHTS = models_dir() / "synthetic_toy.pth"
 # The demo trains the toy model here (resume file, logs); only the finished weights go to TOY_WEIGHTS.
 TOY_RUN_DIR = cache_dir() / "toy_training"
 TOY_RECIPE = "synthetic"
 IMAGE_TOPIC = "/rtseg_demo/camera/image_raw"
 SYNTHETIC_SCENES = 8
-# Far from the seeds the synthetic training recipe draws from: the toy model meets new scenes.
-SYNTHETIC_FIRST_SEED = 100_000
 UNTRAINED_WARNING = (
     "!" * 78 + "\n"
     "!! NO WEIGHTS: the node runs UNTRAINED random weights. The labels and the overlay are noise;\n"
     "!! they show the pipeline and its speed, not segmentation. Pass --weights FILE, or run\n"
-    "!! `rtseg demo` without --untrained: it trains (once) and runs the toy model.\n" + "!" * 78
+    "!! `rtseg demo` without --untrained: it runs the toy model shipped in models/.\n" + "!" * 78
 )
 
 
@@ -83,7 +85,7 @@ class DemoSettings:
 
     Attributes:
         source: ``synthetic``, a folder of images, a video file, or a rosbag2 folder.
-        weights: checkpoint for the node; ``None`` uses the toy model if present, else random weights.
+        weights: checkpoint for the node; ``None`` runs the shipped toy model (:data:`TOY_MODEL`).
         config: parameter file, a name in the package's ``config`` folder or a path.
         model: overrides the config's model (and the checkpoint's, for our own checkpoints).
         input_size: (height, width) of the network input; ``None`` keeps the config's.
@@ -95,7 +97,9 @@ class DemoSettings:
         video: also write ``overlay.mp4``.
         bag_topic: the image topic read from a rosbag2 source.
         startup_timeout_s: how long to wait for the node to build its engine.
-        untrained: run random weights, never the toy model (no training): the pipeline only.
+        untrained: run random weights, never the toy model: the pipeline only.
+        retrain: train the toy model anew with the ``synthetic`` recipe (into :data:`TOY_WEIGHTS`) and run
+            it, instead of the one shipped in ``models/`` (:data:`TOY_MODEL`).
         toy_overrides: recipe overrides for training the toy model (``section.key=value``).
     """
 
@@ -112,6 +116,7 @@ class DemoSettings:
     bag_topic: str = "/camera/image_raw"
     startup_timeout_s: float = 180.0
     untrained: bool = False
+    retrain: bool = False
     toy_overrides: tuple[str, ...] = ()
 
 
@@ -135,6 +140,8 @@ class DemoSummary:
     # From the node's process start: label_info in and the camera connected; the first labels received.
     node_ready_s: float = math.nan
     first_labels_s: float = math.nan
+    # Frames per engine that served them, from the node's segmentation/timings ("eager", the backend, "unknown").
+    served_by: dict[str, int] = field(default_factory=dict)
     overlay_video: str = ""
     node_log: str = ""
     node_command: list[str] = field(default_factory=list)
@@ -148,7 +155,7 @@ def frame_source(settings: DemoSettings) -> Iterator[tuple[np.ndarray, str]]:
     """
     if settings.source == "synthetic":
         height, width = settings.frame_size
-        scenes = synthetic_frames(height, width, SYNTHETIC_SCENES, SYNTHETIC_FIRST_SEED)
+        scenes = synthetic_frames(height, width, SYNTHETIC_SCENES, HELD_OUT_FIRST_SEED)
         return itertools.cycle((scene, "rgb") for scene in scenes)
     path = Path(settings.source).expanduser()
     if not path.exists():
@@ -178,25 +185,25 @@ def _looping(make: Callable[[], Iterator[tuple[np.ndarray, str]]], name: str) ->
     return frames()
 
 
-def choose_weights(weights: str | None) -> tuple[str | None, str]:
-    """The weights the demo runs and a note for the user: given, the toy model, or none (random).
+def choose_weights(weights: str | None) -> tuple[str, str]:
+    """The weights the demo runs and a note for the user: given, else the shipped toy model.
 
     ``weights`` is a path, a file name in the models folders or a ``models/manifest.yaml`` entry.
-    """
-    if weights:
-        from rtseg_ros.nets import WeightsError
-        from rtseg_ros.nets.weights import resolve_weights
 
-        try:
-            path = resolve_weights(weights)
-        except WeightsError as exc:
-            raise DemoError(str(exc)) from None
+    Raises:
+        DemoError: no such weights (the message lists where the resolver looked).
+    """
+    from rtseg_ros.nets import WeightsError
+    from rtseg_ros.nets.weights import resolve_weights
+
+    try:
+        path = resolve_weights(weights or TOY_MODEL)
+    except WeightsError as exc:
+        raise DemoError(str(exc)) from None
+    if weights and Path(weights).expanduser().resolve() != TOY_WEIGHTS.resolve():
         return str(path), f"weights {path}"
-    if TOY_WEIGHTS.is_file():
-        return str(TOY_WEIGHTS), (
-            f"TOY model {TOY_WEIGHTS} (trained on synthetic scenes only: fine for the built-in scenes, "
-            "meaningless on real images)")
-    return None, "UNTRAINED random weights"
+    return str(path), (f"TOY model {path} (trained on synthetic scenes only: fine for the built-in scenes, "
+                       "meaningless on real images)")
 
 
 def demo_config(settings: DemoSettings, weights: str | None) -> tuple[SegmenterConfig, Path]:
@@ -365,18 +372,21 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
     """
     if settings.rate_hz <= 0 or settings.duration_s <= 0:
         raise DemoError("rate and duration must be positive")
-    if settings.untrained and settings.weights:
-        raise DemoError("untrained runs random weights; it does not go with weights")
+    if settings.untrained and (settings.weights or settings.retrain):
+        raise DemoError("untrained runs random weights; it goes with neither weights nor retrain")
+    if settings.retrain and settings.weights:
+        raise DemoError("retrain trains the toy model and runs it; it does not go with weights")
     frames = frame_source(settings)
     toy_training_s = 0.0
     if settings.untrained:
         weights, note = None, "UNTRAINED random weights"
     else:
-        if not settings.weights and not TOY_WEIGHTS.is_file():
+        given = settings.weights
+        if settings.retrain:
             started = time.monotonic()
-            train_toy_model(echo, settings.toy_overrides)
+            given = str(train_toy_model(echo, settings.toy_overrides))
             toy_training_s = time.monotonic() - started
-        weights, note = choose_weights(settings.weights)
+        weights, note = choose_weights(given)
     echo(UNTRAINED_WARNING if weights is None else note)
     os.environ.update(loopback_dds_environment(os.environ))
     out_dir = settings.out_dir.expanduser()
@@ -410,6 +420,9 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Dem
                     setattr(summary, name, value)
                 if client.first_labels_s is not None:
                     summary.first_labels_s = client.first_labels_s - node_started
+                    echo(f"first labels {summary.first_labels_s:.1f} s after the node started; frames served by: "
+                         + (", ".join(f"{name} {count}" for name, count in sorted(summary.served_by.items()))
+                            or "unknown"))
                 overlay = client.last_overlay
                 if overlay is not None:
                     summary.overlay_png = str(out_dir / "overlay.png")

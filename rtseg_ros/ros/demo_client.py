@@ -1,7 +1,9 @@
 """The demo's ROS side: the shared camera feeder and output listener, a fixed-rate loop, an overlay video."""
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -14,6 +16,7 @@ from rclpy.time import Time
 from rtseg_ros.io.images import image_msg_to_array, label_msg_to_array
 from rtseg_ros.names import Topics
 from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
+from rtseg_ros.ros.interfaces import message_type, qos_profile
 
 __all__ = ["DemoClient"]
 
@@ -64,6 +67,11 @@ class DemoClient:
         self.last_overlay: np.ndarray | None = None
         self._window_start = (0, 0, 0)  # published, received, latency count at the last report
         self.first_labels_s: float | None = None  # time.monotonic() when the first labels came
+        # Frames per engine that served them ("eager" while the backend builds, then the backend), from
+        # the node's segmentation/timings; "unknown" for a node that does not say.
+        self.served_by: Counter[str] = Counter()
+        self.listener.create_subscription(message_type(Topics.TIMINGS), self.listener.topic(Topics.TIMINGS),
+                                          self._on_timings, qos_profile(Topics.TIMINGS.qos))
 
     def __enter__(self) -> DemoClient:
         return self
@@ -128,6 +136,7 @@ class DemoClient:
             "output_fps": self._labels.count / elapsed,
             "latency_p50_ms": p50,
             "latency_p95_ms": p95,
+            "served_by": dict(self.served_by),
         }
 
     # Internals ------------------------------------------------------------------------------
@@ -139,6 +148,13 @@ class DemoClient:
             if self.first_labels_s is None:
                 self.first_labels_s = time.monotonic()
             self._keep("labels", msg.header.stamp, label_msg_to_array(msg).copy())
+
+    def _on_timings(self, msg: Any) -> None:
+        try:
+            served_by = json.loads(msg.data).get("served_by")
+        except (ValueError, AttributeError):
+            served_by = None
+        self.served_by[str(served_by) if served_by else "unknown"] += 1
 
     def _keep(self, kind: str, stamp: Any, array: np.ndarray) -> None:
         """Keep one part of a frame by stamp; when camera, labels and overlay are in, that frame is the last matched."""

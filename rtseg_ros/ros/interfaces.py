@@ -104,9 +104,10 @@ def label_info_message(class_names: list[str] | tuple[str, ...], threshold: floa
                       threshold=float(threshold))
 
 
-def diagnostic_name(node_path: str) -> str:
-    """The name of a node's status on /diagnostics; the node's full path tells several cameras apart."""
-    return f"{node_path}: segmentation"
+def diagnostic_name(node_path: str, camera: str = "") -> str:
+    """The name of a node's status on /diagnostics (one per camera of a multi-camera node); the node's full
+    path tells several nodes apart, the camera's name the cameras of one node."""
+    return f"{node_path}: segmentation" + (f" ({camera})" if camera else "")
 
 
 def describe_label_info(document: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from rtseg_ros.names import NODE_NAME, PACKAGE, PARAMETERS
+from rtseg_ros.names import LIFECYCLE_FLAG, NODE_NAME, PACKAGE, PARAMETERS
 
 if TYPE_CHECKING:
     from rtseg_ros.engines import SegmenterConfig
@@ -63,7 +63,8 @@ def _parameter_value(name: str, value: Any) -> str:
 
 def node_command(config: SegmenterConfig | None, *, node_settings: Mapping[str, Any] | None = None,
                  name: str = NODE_NAME, namespace: str = "", remaps: Mapping[str, str] | None = None,
-                 params_file: str | Path | None = None, log_level: str | None = None) -> list[str]:
+                 params_file: str | Path | None = None, log_level: str | None = None,
+                 lifecycle: bool = False) -> list[str]:
     """The command line that starts ``segmentation_node`` serving ``config``.
 
     Every engine parameter is given with ``-p`` (from ``config.to_parameters()``), so the node runs
@@ -79,6 +80,7 @@ def node_command(config: SegmenterConfig | None, *, node_settings: Mapping[str, 
         remaps: topic remappings, ``{"image": "/camera/image_raw"}``.
         params_file: a ROS params file read before the ``-p`` values (which win).
         log_level: the node's log level (``debug``, ``info``, ``warn`` ...).
+        lifecycle: start the managed (lifecycle) node, which waits unconfigured for its transitions.
 
     Raises:
         ValueError: a name in ``node_settings`` that is not a node parameter.
@@ -88,7 +90,7 @@ def node_command(config: SegmenterConfig | None, *, node_settings: Mapping[str, 
     if unknown:
         raise ValueError(f"not parameters of {NODE_NAME}: {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
     parameters.update(node_settings or {})
-    command = [sys.executable, "-m", NODE_MODULE, "--ros-args"]
+    command = [sys.executable, "-m", NODE_MODULE, *([LIFECYCLE_FLAG] if lifecycle else []), "--ros-args"]
     if name != NODE_NAME:
         command += ["-r", f"__node:={name}"]
     if namespace:

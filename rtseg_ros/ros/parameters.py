@@ -14,6 +14,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from rtseg_ros.engines import ConfigError, SegmenterConfig
 from rtseg_ros.names import ENGINE_PARAMETERS, PARAMETERS, ParameterSpec
@@ -63,19 +64,23 @@ def declare_parameters(node: Node) -> None:
             range; the message names the parameter, the value and what is allowed.
     """
     for name, spec in PARAMETERS.items():
+        # An empty list says nothing of its type to rclpy (it would take it for a byte array): such a
+        # parameter is declared by type, unset, and read_parameters gives the table's default.
+        default = spec.default if spec.default != [] else _ARRAY_TYPES[spec.item_type]
         try:
-            node.declare_parameter(name, spec.default, descriptor(name, spec))
+            node.declare_parameter(name, default, descriptor(name, spec))
         except ParameterException as exc:
             raise ParameterError(f"{exc}; {name} takes {allowed_values(spec)}") from None
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+_ARRAY_TYPES = {int: Parameter.Type.INTEGER_ARRAY, str: Parameter.Type.STRING_ARRAY}
 
 
 def allowed_values(spec: ParameterSpec) -> str:
     """What a parameter accepts, in words (``an integer in [32, 8192], a multiple of 32``)."""
     if isinstance(spec.default, list):
-        text = "a list of integers"
+        text = "a list of integers" if spec.item_type is int else "a list of names"
     else:
         text = _TYPE_NAMES[type(spec.default)]
     if spec.choices:
@@ -120,8 +125,9 @@ def check_value(name: str, value: Any, spec: ParameterSpec | None = None) -> Any
         if not isinstance(value, str):
             raise fail()
     elif isinstance(default, list):
-        if not isinstance(value, (list, tuple)) or not value or any(
-                isinstance(item, bool) or not isinstance(item, int) for item in value):
+        # An integer list (scales) must not be empty; a list of names (cameras) may.
+        if not isinstance(value, (list, tuple)) or (not value and spec.item_type is int) or any(
+                isinstance(item, bool) or not isinstance(item, spec.item_type) for item in value):
             raise fail()
         value = list(value)
         if len(set(value)) != len(value):
@@ -130,6 +136,7 @@ def check_value(name: str, value: Any, spec: ParameterSpec | None = None) -> Any
         _check_constraints(name, spec, value)
     except ParameterError:
         raise fail() from None
+    _check_form(name, spec, value)
     if spec.integer_step and spec.integer_range is not None and isinstance(value, int):
         if (value - spec.integer_range[0]) % spec.integer_step:
             raise fail()
@@ -151,8 +158,10 @@ def parse_override(name: str, text: str) -> Any:
 
 
 def read_parameters(node: Node) -> dict[str, Any]:
-    """The current value of every declared parameter, by name."""
-    return {name: node.get_parameter(name).value for name in PARAMETERS}
+    """The current value of every declared parameter, by name (an unset list: the table's default)."""
+    # get_parameter_or: an unset parameter (declared by type) reads as None instead of raising.
+    values = {name: node.get_parameter_or(name).value for name in PARAMETERS}
+    return {name: PARAMETERS[name].default if value is None else value for name, value in values.items()}
 
 
 def validate_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
@@ -168,6 +177,7 @@ def validate_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
     """
     for name, spec in PARAMETERS.items():
         _check_constraints(name, spec, values[name])
+        _check_form(name, spec, values[name])
     try:
         config = SegmenterConfig.from_parameters(values)
         config = dataclasses.replace(config, weights=_weights_path(values["weights"]))
@@ -188,6 +198,16 @@ def _check_constraints(name: str, spec: ParameterSpec, value: Any) -> None:
             raise ParameterError(f"{name} must be in [{low}, {high}]; got {value!r}")
     if spec.float_range is not None and not _within(value, *spec.float_range):
         raise ParameterError(f"{name} must be in [{spec.float_range[0]}, {spec.float_range[1]}]; got {value!r}")
+
+
+def _check_form(name: str, spec: ParameterSpec, value: Any) -> None:
+    """The entry's own check of a value's form (``output_resolution``'s ``WIDTHxHEIGHT``), with its reason."""
+    if spec.check is None:
+        return
+    try:
+        spec.check(value)
+    except ValueError as exc:
+        raise ParameterError(f"parameter {name}: {exc}") from None
 
 
 def _within(value: Any, low: float, high: float) -> bool:

@@ -103,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "output": {
         "dir": "runs/{name}",        # {name} becomes the recipe name
         "weights": None,             # also copy the final weights here (e.g. for the demo)
+        "weights_fp16": False,       # that copy in fp16 (half the size; the shipped toy model)
         "log_every": 20,             # iterations between training log lines / CSV rows
         "tensorboard": True,         # when tensorboard is importable
         "progress": True,            # tqdm progress bar

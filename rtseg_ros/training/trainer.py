@@ -55,6 +55,7 @@ from rtseg_ros.training.loop import TrainingForward, evaluate, train_one_epoch
 from rtseg_ros.training.losses import build_loss
 from rtseg_ros.training.metrics_log import RunLog
 from rtseg_ros.training.optim import build_optimizer, build_scheduler
+from rtseg_ros.nets.checkpoint import write_half_copy
 from rtseg_ros.training.recipe import RecipeError, validate_recipe
 from rtseg_ros.training.transforms import build_train_transform
 from rtseg_ros.user_cache import expand_path
@@ -187,6 +188,7 @@ class Trainer:
     def _build_model(self, fresh: bool) -> nn.Module:
         from rtseg_ros.nets import build_model
         from rtseg_ros.nets.checkpoint import load_checkpoint
+        from rtseg_ros.nets.weights import resolve_weights
         from rtseg_ros.nets.encoder import load_imagenet_weights
 
         model_cfg, init = self.recipe["model"], self.recipe["init"]
@@ -196,7 +198,8 @@ class Trainer:
         if fresh and init["backbone"]:
             load_imagenet_weights(model, self._recipe_path(init["backbone"]))
         if fresh and init["weights"]:
-            report = load_checkpoint(model, self._recipe_path(init["weights"]), strict_classes=False)
+            # A path, a file name in the models folders or a manifest entry, as everywhere else.
+            report = load_checkpoint(model, resolve_weights(self._recipe_path(init["weights"])), strict_classes=False)
             if report.reinitialized:
                 self._log("fine-tuning from %s (%s classes) to %d classes: re-initialised %s",
                           init["weights"], report.checkpoint_classes, self.num_classes,
@@ -297,7 +300,10 @@ class Trainer:
         target = self.recipe["output"]["weights"]
         if target:
             target_path = self._recipe_path(target)
-            copy_weights(final, target_path)
+            if self.recipe["output"].get("weights_fp16"):
+                write_half_copy(final, target_path)
+            else:
+                copy_weights(final, target_path)
             self._log("final weights copied to %s", target_path)
         self._log("done: %d iterations, best mIoU %.4f, last %.4f, weights %s", self.iteration,
                   self.progress.best_miou, self.progress.last_miou, final)
