@@ -267,7 +267,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
         list(ALL_SCALES), "MFARANet prediction scales kept at inference (pruning); ATONet needs the default.",
         integer_range=(min(ALL_SCALES), max(ALL_SCALES)), config_field="scales"),
     "backend": ParameterSpec(
-        "torch", f"Inference engine; '{AUTO_BACKEND}': the fastest one installed "
+        AUTO_BACKEND, f"Inference engine; '{AUTO_BACKEND}': the fastest one installed "
         f"(CPU: {' > '.join(BACKEND_PREFERENCE['cpu'])}; CUDA: {' > '.join(BACKEND_PREFERENCE['cuda'])}).",
         choices=(*BACKENDS, AUTO_BACKEND), config_field="backend"),
     "precision": ParameterSpec(

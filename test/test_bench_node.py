@@ -28,6 +28,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
     command = [sys.executable, "-c", "from rtseg_ros.cli import main; main()", "bench", "node", "--resolution", "64x128",
                "--frame-size", "64x128", "--encoding", "rgb8", "--encoding", "jpeg", "--frames", str(FRAMES), "--warmup", "1", "--rate-resolution", "64x128",
                "--rate-frame-size", "64x128", "--rate-duration", "1", "-p", "cpu_threads=1", "-p", "qos_depth=2",
+               "--alone-frames", str(FRAMES),
                "--log-dir", str(out), "--json", str(out / "node.json")]
     result = subprocess.run(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=400,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -86,3 +87,15 @@ def test_a_wrong_node_setting_is_refused_before_any_node_starts() -> None:
                               ("backend=torch", "backend sets the engine")):
         result = CliRunner().invoke(main, ["bench", "node", "-p", argument])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_network_alone_and_inside_the_node_are_timed_on_the_same_frames(report) -> None:
+    document, output, _ = report
+    alone = document["network_alone_vs_node"]
+    assert alone["frame_size"] == [64, 128] and alone["threads"] == 1  # the node's cpu_threads, here too
+    assert alone["segmenter_alone_ms"]["n"] == alone["segmenter_in_node_ms"]["n"] == FRAMES
+    assert alone["in_node_over_alone"] == pytest.approx(
+        alone["segmenter_in_node_ms"]["p50"] / alone["segmenter_alone_ms"]["p50"], rel=0.01)
+    # The user's figure: the labels come after the network's own time, so the difference is what the node adds.
+    assert alone["labels_latency_ms"]["p50"] > alone["labels_latency_minus_alone_ms"]["p50"]
+    assert "network alone vs inside the node" in output

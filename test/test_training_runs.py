@@ -43,12 +43,16 @@ def _recipe(out_dir, *extra: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # about a minute on 2 idle cores; generous for a loaded machine
-@pytest.mark.parametrize("model, iterations", [("atonet", 200), ("mfaranet", 120)])
+@pytest.mark.parametrize("model, iterations", [("atonet", None), ("mfaranet", 120)])
 def test_network_learns_synthetic_scenes_and_runs_in_the_segmenter(tmp_path, model, iterations):
+    """ATONet runs the ``synthetic`` recipe's own optimiser, batch and schedule (those of the shipped
+    models/synthetic_toy.pth) at 1/16 of its pixels: a recipe change that stops it training a model of
+    that quality fails here (validation mIoU 0.8 or more; the run prints its mIoU and time)."""
     from rtseg_ros.engines import Segmenter, SegmenterConfig
 
-    recipe = _recipe(tmp_path / "run", f"model.name={model}", "optim.lr=0.003", "train.batch_size=8",
-                     f"train.iterations={iterations}")
+    recipe = _recipe(tmp_path / "run", f"model.name={model}",
+                     *([f"train.iterations={iterations}"] if iterations else []))
+    iterations = recipe["train"]["iterations"]
     result = run_training(recipe)
     print(f"{model}: validation mIoU {result.last_miou:.4f} after {iterations} iterations, {result.seconds:.0f} s")
     assert result.iteration == iterations and result.final_weights is not None

@@ -719,11 +719,19 @@ def _cli() -> Any:
     @click.option("--alone-frames", default=10, type=click.IntRange(min=0),
                   help="Frames of the node's Segmenter run alone in this process, interleaved with the node's, "
                        "after the rgb8 labels row (0: skip).")
+    @click.option("--cameras", default=0, type=click.IntRange(min=0),
+                  help="N > 0: instead of the rows above, one N-camera node against N single-camera nodes on the "
+                       "same frames (network at --rate-resolution, --backend): memory, engine builds, served rates, "
+                       "latency, batch sizes.")
+    @click.option("--camera-rate", default=15.0, type=click.FloatRange(min=0.1), help="--cameras: Hz per camera.")
+    @click.option("--camera-frame-size", default="480x640", help="--cameras: each camera's frame size, HxW.")
+    @click.option("--camera-duration", default=10.0, type=click.FloatRange(min=1.0),
+                  help="--cameras: seconds measured per layout (after 3 s of warm-up).")
     @click.option("--log-dir", type=click.Path(file_okay=False), default=".", help="Where the node logs go.")
     @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON here.")
     def node(model, resolution, backend, output_resolution, frame_sizes, encodings, full, frames, warmup,
-             rate_resolution, rate_frame_size, rate_duration, params, subscriber, alone_frames, log_dir,
-             json_path) -> None:
+             rate_resolution, rate_frame_size, rate_duration, params, subscriber, alone_frames, cameras, camera_rate,
+             camera_frame_size, camera_duration, log_dir, json_path) -> None:
         """Overhead of the segmentation node around its Segmenter, and the highest camera rate it serves.
 
         Starts the real node, feeds it pre-serialised frames and reports, per row, the Segmenter's time,
@@ -733,8 +741,14 @@ def _cli() -> Any:
         \b
         rtseg bench node --json node.json
         rtseg bench node --full --json node_full.json
+        rtseg bench node --cameras 4 --backend onnxruntime --json cameras4.json
         """
         from rtseg_ros.engines import SegmenterConfig
+
+        if cameras:
+            _multi_camera_cli(click, cameras, model, rate_resolution, backend, output_resolution, camera_rate,
+                              camera_frame_size, camera_duration, params, log_dir, json_path)
+            return
 
         height, width = parse_size(resolution)
         config = SegmenterConfig(model=model, input_height=height, input_width=width, backend=backend,
@@ -774,6 +788,41 @@ def _cli() -> Any:
             click.echo(f"wrote {json_path}")
 
     return node
+
+
+def _multi_camera_cli(click: Any, cameras: int, model: str, resolution: str, backend: str, output_resolution: str,
+                      rate_hz: float, frame_size: str, duration_s: float, params: Iterable[str], log_dir: str,
+                      json_path: str | None) -> None:
+    """``rtseg bench node --cameras N``: run :mod:`rtseg_ros.benchmarks.multi_camera` and report it."""
+    import shlex
+    import sys
+
+    from rtseg_ros.benchmarks.multi_camera import format_multi_camera, run_multi_camera_bench
+    from rtseg_ros.cli.options import parse_size
+    from rtseg_ros.engines import SegmenterConfig
+    from rtseg_ros.machine import busy_warning
+
+    height, width = parse_size(resolution)
+    config = SegmenterConfig(model=model, input_height=height, input_width=width, backend=backend,
+                             output_resolution=output_resolution)
+    machine = machine_state()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores; load average "
+               f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")
+    warning = busy_warning(machine["load_average"], machine["cores"])
+    if warning:
+        click.echo(f"WARNING: {warning}", err=True)
+    report = run_multi_camera_bench(config, cameras, frame_size=parse_size(frame_size), rate_hz=rate_hz,
+                                    duration_s=duration_s, node_settings=_node_settings(params),
+                                    log_dir=Path(log_dir) / f"cameras{cameras}")
+    after = machine_state()
+    click.echo(format_multi_camera(report))
+    click.echo(f"load average after: {', '.join(f'{v:.2f}' for v in after['load_average'])}")
+    if json_path:
+        args = sys.argv[1:]
+        args = args[2:] if args[:2] == ["bench", "node"] else args
+        write_report(json_path, report, " ".join(["rtseg bench node", *(shlex.quote(a) for a in args)]), machine,
+                     after)
+        click.echo(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ class SegmenterConfig:
         input_height: network input height in pixels (a multiple of 32).
         input_width: network input width in pixels (a multiple of 32).
         scales: MFARANet stages fused into the prediction; fewer stages skip work.
-        backend: ``torch`` (eager), ``compile`` (torch.compile), ``tensorrt``, ``onnxruntime``,
-            ``openvino``, or ``auto`` (resolved by :func:`resolve_backend`).
+        backend: ``torch`` (eager, the default here), ``compile`` (torch.compile), ``tensorrt``,
+            ``onnxruntime``, ``openvino``, or ``auto`` (resolved by :func:`resolve_backend`; the node's
+            default, so :meth:`from_parameters` without a backend gives ``auto``).
         precision: ``fp32``, ``fp16`` (CUDA, or an OpenVINO GPU/NPU) or ``int8`` (tensorrt or
             openvino, calibrated).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
@@ -114,7 +115,8 @@ class SegmenterConfig:
             a multi-camera node sets it to its camera count.
     """
 
-    # The defaults of the fields that are node parameters are the parameters' own (names.PARAMETERS).
+    # The defaults of the fields that are node parameters are the parameters' own (names.PARAMETERS),
+    # except the backend's.
     model: str = PARAMETERS["model"].default
     weights: str | None = None
     label_set: str = PARAMETERS["label_set"].default
@@ -122,7 +124,9 @@ class SegmenterConfig:
     input_height: int = PARAMETERS["input_height"].default
     input_width: int = PARAMETERS["input_width"].default
     scales: tuple[int, ...] = ALL_SCALES
-    backend: str = PARAMETERS["backend"].default
+    # Not the node's default (auto): a script, a test or `rtseg eval` gets labels from the first call,
+    # exact to the weights and with nothing exported; a node runs long enough to repay an export.
+    backend: str = "torch"
     precision: str = PARAMETERS["precision"].default
     device: str = PARAMETERS["device"].default
     output_resolution: str = PARAMETERS["output_resolution"].default

@@ -36,7 +36,7 @@ from std_msgs.msg import Header
 from rtseg_ros.engines import Segmenter, SegmenterConfig, set_cpu_threads
 from rtseg_ros.engines.segmenter import BatchFrame, SegmentationResult
 from rtseg_ros.engines.serving import BatchScheduler, EngineSwapper, LatestFrameWorker
-from rtseg_ros.engines.variant_build import build_in_child
+from rtseg_ros.engines.variant_build import build_batch_in_child, build_in_child
 from rtseg_ros.io.images import ImageDecodeError
 from rtseg_ros.names import Topics
 from rtseg_ros.ros import rcl_direct
@@ -336,6 +336,13 @@ class SegmentationServer:
             with_confidence = bool(missing) and missing[0][1]
             sizes = [size for size, confidence in missing if confidence == with_confidence]
             try:
+                if segmenter.engine.builds_per_variant:
+                    # In a child process, into the engine cache (variant_build says why); loading it here is quick.
+                    try:
+                        build_batch_in_child(segmenter.config, sizes, with_confidence)
+                    except Exception as exc:  # noqa: BLE001 - fall back to building here
+                        self.logger.warning(f"building the batched engine in a child process failed ({exc}); "
+                                            f"building it in this process")
                 segmenter.prepare_batch(sizes, with_confidence)
             except Exception as exc:  # noqa: BLE001 - eager PyTorch keeps serving; reported
                 if not segmenter.batch_prepared:

@@ -1,0 +1,248 @@
+"""``rtseg bench node --cameras N``: one N-camera node against N single-camera nodes, same frames, same run.
+
+Both layouts serve cameras ``cam0`` ... ``camN-1`` on the same topics (``/camK/image`` in,
+``/camK/segmentation/labels`` out): the one node has ``cameras: [cam0, ...]`` at the root namespace,
+each separate node runs in namespace ``camK``. The same synthetic frames are played to both at the same
+rate per camera; for each layout the bench reports the resident memory of its process(es), the engine
+builds at start (from the nodes' logs, each layout with an empty engine cache of its own), the served
+frames per second per camera and in all, p50/p95 latency per camera (stamp to the labels' arrival) and,
+for the one node, the batch sizes that ran (from ``segmentation/timings``).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtseg_ros.engines.config import SegmenterConfig
+from rtseg_ros.names import Topics, camera_topic
+
+__all__ = ["camera_names", "format_multi_camera", "run_multi_camera_bench"]
+
+STARTUP_TIMEOUT_S = 300.0
+# Log lines of the node that say an engine (or a batched engine) is built and serving.
+_BUILD_LINE = re.compile(r"(engine for [^\n]* ready after|batched engine for up to [^\n]* ready after) ([0-9.]+) s")
+
+
+def camera_names(count: int) -> list[str]:
+    """The bench's camera names: ``cam0`` ... ``cam<count-1>``."""
+    return [f"cam{index}" for index in range(count)]
+
+
+def _resident(pid: int) -> dict[str, float]:
+    """Resident memory now and at its peak, MiB, of process ``pid`` (Linux /proc)."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values["rss_mib" if key == "VmRSS" else "peak_rss_mib"] = int(rest.split()[0]) / 1024
+    return values
+
+
+class _Feed:
+    """Plays one frame per camera at ``rate_hz`` from a thread, with fresh stamps; records the labels that come
+    back (arrival, latency) and the batch sizes the node reports in ``segmentation/timings``."""
+
+    def __init__(self, cameras: list[str], frames: Mapping[str, np.ndarray], rate_hz: float) -> None:
+        from std_msgs.msg import String
+
+        from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
+
+        self.cameras = cameras
+        self.session = ClientSession()
+        self.feeders = {camera: self.session.add(CameraFeeder(
+            namespace=f"/{camera}", frame_id=f"{camera}_optical", node_name=f"rtseg_bench_feed_{camera}",
+            context=self.session.context)) for camera in cameras}
+        self.listeners = {camera: self.session.add(OutputListener(
+            namespace=f"/{camera}", outputs=(Topics.LABELS,), depth=50, listener_name=f"rtseg_bench_out_{camera}",
+            on_message=lambda topic, msg, received_s, camera=camera: self._on_labels(camera, msg, received_s),
+            context=self.session.context)) for camera in cameras}
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        for camera, listener in self.listeners.items():
+            listener.create_subscription(String, f"/{camera_topic(camera, Topics.TIMINGS)}", self._on_timings, 50)
+        self._frames = frames
+        self._period_s = 1.0 / rate_hz
+        self._lock = threading.Lock()
+        self._window: tuple[float, float] | None = None
+        self.arrivals: dict[str, list[tuple[float, float]]] = {camera: [] for camera in cameras}
+        self.sent: dict[str, int] = {camera: 0 for camera in cameras}
+        self._stop = threading.Event()
+        self._playing = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-feed")
+        self._thread.start()
+
+    def _on_labels(self, camera: str, msg: Any, received_s: float) -> None:
+        from rclpy.time import Time
+
+        latency_ms = (self.listeners[camera].get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-6
+        self.arrivals[camera].append((received_s, latency_ms))
+
+    def _on_timings(self, msg: Any) -> None:
+        if self._window is not None and self._window[0] <= time.monotonic() <= self._window[1]:
+            self.batch_sizes[int(json.loads(msg.data).get("batch_size", 1))] += 1
+
+    def _run(self) -> None:
+        next_s = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                if self._playing.is_set() and time.monotonic() >= next_s:
+                    for camera, feeder in self.feeders.items():
+                        feeder.publish_frame(self._frames[camera], "rgb")
+                        self.sent[camera] += 1
+                    next_s += self._period_s
+                    if next_s < time.monotonic():  # fell behind: keep the rate, do not burst
+                        next_s = time.monotonic() + self._period_s
+                self.session.spin_once(0.002)
+
+    def wait(self, condition: Any, timeout_s: float, what: str, processes: list[Any]) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if condition():
+                    return
+            for process in processes:
+                process.check_running()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.05)
+
+    def measure(self, warmup_s: float, duration_s: float) -> dict[str, Any]:
+        """Play for ``warmup_s``, then count what arrives during ``duration_s``."""
+        self._playing.set()
+        time.sleep(warmup_s)
+        start = time.monotonic()
+        self._window = (start, start + duration_s)
+        sent_before = dict(self.sent)
+        time.sleep(duration_s)
+        end = time.monotonic()
+        with self._lock:
+            self._playing.clear()
+            sent = {camera: self.sent[camera] - sent_before[camera] for camera in self.cameras}
+            per_camera = {}
+            for camera in self.cameras:
+                window = [latency for received, latency in self.arrivals[camera] if start <= received <= end]
+                per_camera[camera] = {
+                    "sent": sent[camera],
+                    "served": len(window),
+                    "served_fps": round(len(window) / (end - start), 3),
+                    "latency_p50_ms": round(float(np.percentile(window, 50)), 1) if window else None,
+                    "latency_p95_ms": round(float(np.percentile(window, 95)), 1) if window else None,
+                }
+        return {"duration_s": round(end - start, 2), "cameras": per_camera,
+                "aggregate_served_fps": round(sum(c["served_fps"] for c in per_camera.values()), 3)}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.session.close()
+
+
+def _run_layout(layout: str, config: SegmenterConfig, cameras: list[str], frames: Mapping[str, np.ndarray],
+                rate_hz: float, warmup_s: float, duration_s: float, node_settings: Mapping[str, Any],
+                log_dir: Path) -> dict[str, Any]:
+    """Start the layout's node(s) with an empty engine cache, play the frames, measure, stop."""
+    import dataclasses
+
+    from rtseg_ros.ros.node_process import NodeProcess, node_command
+
+    cache = Path(tempfile.mkdtemp(prefix=f"rtseg_bench_{layout}_cache_", dir=log_dir))
+    layout_config = dataclasses.replace(config, cache_dir=str(cache))
+    settings = {"qos_reliability": "reliable", **node_settings}
+    if layout == "one_node":
+        commands = {"segmentation_node": node_command(layout_config, node_settings={**settings, "cameras": cameras})}
+    else:
+        commands = {camera: node_command(layout_config, node_settings=settings, namespace=camera) for camera in cameras}
+    started = time.monotonic()
+    processes = [NodeProcess(command, log_dir / f"{layout}_{name}.log") for name, command in commands.items()]
+    feed = _Feed(cameras, frames, rate_hz)
+    try:
+        feed.wait(lambda: all(listener.ready for listener in feed.listeners.values())
+                  and all(feeder.connected for feeder in feed.feeders.values()),
+                  STARTUP_TIMEOUT_S, f"the {layout} layout to serve", processes)
+        ready_s = time.monotonic() - started
+        result = feed.measure(warmup_s, duration_s)
+        memory = [_resident(process.process.pid) for process in processes]
+        result["ready_s"] = round(ready_s, 1)
+        result["processes"] = len(processes)
+        result["rss_mib"] = round(sum(m.get("rss_mib", 0.0) for m in memory), 1)
+        result["peak_rss_mib"] = round(sum(m.get("peak_rss_mib", 0.0) for m in memory), 1)
+        if feed.batch_sizes:
+            # The node reports each frame with its batch's size: a batch of k is k reports.
+            result["batches_by_size"] = {str(size): count // size for size, count in sorted(feed.batch_sizes.items())}
+    finally:
+        feed.close()
+        for process in processes:
+            process.request_stop()
+        for process in processes:
+            process.stop()
+    builds = [float(seconds) for process in processes for _, seconds in _BUILD_LINE.findall(process.log())]
+    result["engine_builds"] = len(builds)
+    result["engine_build_s"] = round(sum(builds), 1)
+    return result
+
+
+def run_multi_camera_bench(config: SegmenterConfig, cameras: int, *, frame_size: tuple[int, int] = (480, 640),
+                           rate_hz: float = 15.0, warmup_s: float = 3.0, duration_s: float = 10.0,
+                           node_settings: Mapping[str, Any] | None = None,
+                           log_dir: str | Path | None = None) -> dict[str, Any]:
+    """One ``cameras``-camera node, then ``cameras`` single-camera nodes, on the same frames at ``rate_hz`` each.
+
+    Returns a report: the settings, each layout's figures and the ratios the issue asks about
+    (memory of the one node against one single-camera node and against all of them, aggregate served
+    rate, the spread of per-camera served rates, engine builds).
+    """
+    from rtseg_ros.datasets.synthetic import make_scene
+
+    names = camera_names(cameras)
+    frames = {camera: make_scene(100 + index, *frame_size)[0] for index, camera in enumerate(names)}
+    folder = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="rtseg_bench_cameras_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = dict(node_settings or {})
+    one = _run_layout("one_node", config, names, frames, rate_hz, warmup_s, duration_s, settings, folder)
+    separate = _run_layout("separate_nodes", config, names, frames, rate_hz, warmup_s, duration_s, settings, folder)
+    served = [camera["served_fps"] for camera in one["cameras"].values()]
+    return {
+        "settings": {**config.to_bench_fields(), "cameras": cameras, "frame_size": list(frame_size),
+                     "rate_hz_per_camera": rate_hz, "warmup_s": warmup_s, "duration_s": duration_s,
+                     "node_settings": settings},
+        "one_node": one,
+        "separate_nodes": separate,
+        "comparison": {
+            "memory_one_node_vs_one_single_node": round(one["rss_mib"] / (separate["rss_mib"] / cameras), 2),
+            "memory_one_node_vs_all_single_nodes": round(one["rss_mib"] / separate["rss_mib"], 2),
+            "aggregate_fps_one_node_vs_single_nodes": round(
+                one["aggregate_served_fps"] / max(separate["aggregate_served_fps"], 1e-9), 2),
+            "per_camera_fps_spread": round((max(served) - min(served)) / max(np.mean(served), 1e-9), 3),
+            "engine_builds": {"one_node": one["engine_builds"], "separate_nodes": separate["engine_builds"]},
+        },
+    }
+
+
+def format_multi_camera(report: Mapping[str, Any]) -> str:
+    """The report as a Markdown table, one row per layout."""
+    rows = ["| layout | processes | RSS MiB | engine builds (s) | aggregate served fps | per camera fps "
+            "| latency p50/p95 ms per camera | batches by size |", "|---|---|---|---|---|---|---|---|"]
+    for layout in ("one_node", "separate_nodes"):
+        result = report[layout]
+        cameras = result["cameras"].values()
+        rows.append(
+            f"| {layout.replace('_', ' ')} | {result['processes']} | {result['rss_mib']:.0f} "
+            f"| {result['engine_builds']} ({result['engine_build_s']:.0f}) | {result['aggregate_served_fps']:.1f} "
+            f"| {' / '.join(format(c['served_fps'], '.1f') for c in cameras)} "
+            f"| {' / '.join(str(c['latency_p50_ms']) + '/' + str(c['latency_p95_ms']) for c in cameras)} "
+            f"| {result.get('batches_by_size', '-')} |")
+    comparison = report["comparison"]
+    rows.append("")
+    rows.append(f"one node's memory = {comparison['memory_one_node_vs_one_single_node']}x one single-camera node's, "
+                f"{comparison['memory_one_node_vs_all_single_nodes']}x all of them; aggregate served rate "
+                f"{comparison['aggregate_fps_one_node_vs_single_nodes']}x; per-camera spread "
+                f"{comparison['per_camera_fps_spread'] * 100:.1f}%")
+    return "\n".join(rows)
