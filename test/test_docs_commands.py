@@ -145,5 +145,5 @@ def test_commands_that_need_no_download_run_as_written(tmp_path: Path, monkeypat
         result = CliRunner().invoke(main, shlex.split(command)[1:], catch_exceptions=False)
         assert result.exit_code == 0, f"`{command}`:\n{result.output}"
     report = json.loads((tmp_path / "results" / "synthetic.json").read_text())
-    # The shipped toy model on the held-out synthetic scenes (validation mIoU 0.79 or more on its own scenes).
-    assert report["frames"] == 8 and report["miou"] > 0.6, report["miou"]
+    # The shipped toy model on 8 held-out synthetic scenes: mIoU 0.819 when the file was shipped.
+    assert report["frames"] == 8 and report["miou"] > 0.75, report["miou"]

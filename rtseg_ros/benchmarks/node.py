@@ -691,15 +691,16 @@ def _cli() -> Any:
 
     import click
 
-    from rtseg_ros.cli.options import parse_size
+    from rtseg_ros.cli.options import output_resolution_callback, parse_size
     from rtseg_ros.names import BACKENDS, MODEL_NAMES, OUTPUT_RESOLUTIONS
 
     @click.command("node", context_settings={"show_default": True})
     @click.option("--model", default="atonet", type=click.Choice(MODEL_NAMES), help="Network of the latency rows.")
     @click.option("--resolution", default="256x512", help="Network input size of the latency rows, HEIGHTxWIDTH.")
     @click.option("--backend", default="torch", type=click.Choice(BACKENDS), help="Backend of both nodes.")
-    @click.option("--output-resolution", default="input", type=click.Choice(OUTPUT_RESOLUTIONS),
-                  help="Labels at the camera frame's size (input) or the network's.")
+    @click.option("--output-resolution", default=OUTPUT_RESOLUTIONS[0], callback=output_resolution_callback,
+                  help="Labels at the camera frame's size (input), the network's, or WIDTHxHEIGHT (a depth "
+                       "camera's, as the Nav2 preset: --output-resolution 640x480 -p confidence_encoding=mono8).")
     @click.option("--frame-size", "frame_sizes", multiple=True, default=("1024x2048",),
                   help="Camera frame size(s) of the latency rows (repeatable); --full: 1024x2048 and 720x1280.")
     @click.option("--encoding", "encodings", multiple=True, type=click.Choice(INPUT_ENCODINGS), default=("rgb8",),

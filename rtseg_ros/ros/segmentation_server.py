@@ -186,19 +186,20 @@ class SegmentationServer:
         self._diagnostics_pub = self.node.create_publisher(
             DiagnosticArray, Topics.DIAGNOSTICS.name, qos_profile(Topics.DIAGNOSTICS.qos))
         self._diagnostics_timer = self.node.create_timer(1.0, self._publish_diagnostics)
-        # The first engines, in the background; label_info (latched) tells clients once one serves.
+        # The first engines, in the background.
         if self._cameras:
             self._request_batch_variants(segmenter, [], False)
         else:
             self._request_variant(first_size, False)
-            if segmenter.is_prepared(segmenter.output_size(first_size), False):
-                self._announce_ready()
         if self._wait_for_engines:
             self._engine.wait_idle()
             if self.fatal_error:
                 message = self.fatal_error
                 self.cleanup()
                 raise StartupError(message)
+        # Ready: eager PyTorch serves until the backend's engine is built, so label_info (latched) tells
+        # clients at once that frames will be served.
+        self._announce_ready()
         cameras = ", ".join(stream.image_topic for stream in self._streams)
         self.logger.info(
             f"serving {config.model} ({self._served_backend(config)}, {config.precision}, {config.device}) at "
@@ -396,7 +397,7 @@ class SegmentationServer:
                 segmenter.prepare(output_size, with_confidence)
             except Exception as exc:  # noqa: BLE001 - the engines already built keep serving
                 self._failed_variants.add((frame_size, with_confidence))
-                if self._ready_after_s is None and not segmenter.prepared:
+                if not segmenter.prepared:  # nothing of the backend's engine: eager PyTorch must not serve for ever
                     self._fail_start(f"building {what} failed: {exc}")
                     return
                 self.logger.error(f"building {what} failed: {exc}; serving from the engines already built")
