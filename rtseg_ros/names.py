@@ -311,9 +311,10 @@ PARAMETERS: dict[str, ParameterSpec] = {
         "now and then without a drop, at that many frames of extra latency.", integer_range=(1, 100),
         read_only=True),
     "camera_width": ParameterSpec(
-        0, "Width of the camera's frames, if known: the engines for that size (labels, and labels with "
-        "confidence) are built at start-up instead of in the background after the first frame (which is served "
-        "from a ready engine, resized, meanwhile). 0: not known; a camera_info message also tells it.",
+        0, "Width of the camera's frames (every camera's, with several cameras), if known: the engines for that "
+        "size (labels, and labels with confidence) are built at start-up instead of in the background after the "
+        "first frame (which eager PyTorch or a ready engine serves meanwhile). 0: not known; a camera_info message "
+        "also tells it.",
         integer_range=(0, 16384), read_only=True),
     "camera_height": ParameterSpec(
         0, "Height of the camera's frames, if known (see camera_width). 0: not known.",

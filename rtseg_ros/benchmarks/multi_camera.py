@@ -52,6 +52,7 @@ class _Feed:
     back (arrival, latency) and the batch sizes the node reports in ``segmentation/timings``."""
 
     def __init__(self, cameras: list[str], frames: Mapping[str, np.ndarray], rate_hz: float) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
 
         from rtseg_ros.ros.clients import CameraFeeder, ClientSession, OutputListener
@@ -66,6 +67,10 @@ class _Feed:
             on_message=lambda topic, msg, received_s, camera=camera: self._on_labels(camera, msg, received_s),
             context=self.session.context)) for camera in cameras}
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        # The newest engine_state of every /diagnostics status (one per camera in either layout).
+        self.engine_states: dict[str, str] = {}
+        self.listeners[cameras[0]].create_subscription(DiagnosticArray, Topics.DIAGNOSTICS.name,
+                                                       self._on_diagnostics, 50)
         for camera, listener in self.listeners.items():
             listener.create_subscription(String, f"/{camera_topic(camera, Topics.TIMINGS)}", self._on_timings, 50)
         self._frames = frames
@@ -84,6 +89,17 @@ class _Feed:
 
         latency_ms = (self.listeners[camera].get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-6
         self.arrivals[camera].append((received_s, latency_ms))
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "engine_state" in values:
+                self.engine_states[status.name] = values["engine_state"]
+
+    def engines_idle(self) -> bool:
+        """Every camera's status says its engine serves, none is being built (call with the lock held)."""
+        return (len(self.engine_states) >= len(self.cameras)
+                and all(state == "serving" for state in self.engine_states.values()))
 
     def _on_timings(self, msg: Any) -> None:
         if self._window is not None and self._window[0] <= time.monotonic() <= self._window[1]:
@@ -155,7 +171,9 @@ def _run_layout(layout: str, config: SegmenterConfig, cameras: list[str], frames
 
     cache = Path(tempfile.mkdtemp(prefix=f"rtseg_bench_{layout}_cache_", dir=log_dir))
     layout_config = dataclasses.replace(config, cache_dir=str(cache))
-    settings = {"qos_reliability": "reliable", **node_settings}
+    # The cameras' frame size is known, as on a robot: each layout builds its engines for it at start.
+    height, width = next(iter(frames.values())).shape[:2]
+    settings = {"qos_reliability": "reliable", "camera_height": height, "camera_width": width, **node_settings}
     if layout == "one_node":
         commands = {"segmentation_node": node_command(layout_config, node_settings={**settings, "cameras": cameras})}
     else:
@@ -168,9 +186,13 @@ def _run_layout(layout: str, config: SegmenterConfig, cameras: list[str], frames
                   and all(feeder.connected for feeder in feed.feeders.values()),
                   STARTUP_TIMEOUT_S, f"the {layout} layout to serve", processes)
         ready_s = time.monotonic() - started
+        # Frames are served (eagerly) while the engines build: measure the built engines only.
+        feed.wait(feed.engines_idle, STARTUP_TIMEOUT_S, f"the {layout} layout's engines to be built", processes)
+        engines_s = time.monotonic() - started
         result = feed.measure(warmup_s, duration_s)
         memory = [_resident(process.process.pid) for process in processes]
         result["ready_s"] = round(ready_s, 1)
+        result["engines_built_s"] = round(engines_s, 1)
         result["processes"] = len(processes)
         result["rss_mib"] = round(sum(m.get("rss_mib", 0.0) for m in memory), 1)
         result["peak_rss_mib"] = round(sum(m.get("peak_rss_mib", 0.0) for m in memory), 1)

@@ -1,6 +1,7 @@
 """What every inference backend provides to the :class:`~rtseg_ros.engines.Segmenter`."""
 from __future__ import annotations
 
+import concurrent.futures
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,6 +189,9 @@ class InferenceEngine(ABC):
     # Whether a new (output size, with confidence) pair needs a build (export, compile) before it runs;
     # eager PyTorch runs any size as it is, so the node serves a new size at once instead of meanwhile.
     builds_per_variant: bool = True
+    # Whether the per-frame finishes of a batch may run at the same time on several threads (their runtime
+    # calls are thread-safe and release the GIL); False where a compiled finish holds one request object.
+    concurrent_finishes: bool = False
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
@@ -197,6 +201,7 @@ class InferenceEngine(ABC):
         self.max_batch = spec.config.max_batch
         self._body: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._finishes: dict[tuple[tuple[int, int], bool], Callable[[torch.Tensor], Any]] = {}
+        self._finish_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._batch_ready = False
 
     @abstractmethod
@@ -251,13 +256,26 @@ class InferenceEngine(ABC):
         body = self._batch_body()
         with torch.inference_mode():
             logits = body(images)
-        results: list[HeadOutput] = []
-        for index, size in enumerate(output_sizes):
-            finish = self._finish(size, with_confidence)
-            with torch.inference_mode():
-                out = finish(logits[index:index + 1])
-            results.append((out[0], out[1]) if with_confidence else (out, None))
-        return results
+        finishes = [self._finish(size, with_confidence) for size in output_sizes]  # built here, in order
+
+        def finish(index: int) -> HeadOutput:
+            with torch.inference_mode():  # thread-local: set on the thread that runs it
+                out = finishes[index](logits[index:index + 1])
+            return (out[0], out[1]) if with_confidence else (out, None)
+
+        if count > 1 and self.concurrent_finishes and self.device.type == "cpu":
+            # The finishes (a resize to the camera's size and an argmax) are most of a small network's
+            # batch on a CPU, and each one runs on one thread: run them side by side on the cores.
+            return list(self._finish_pool().map(finish, range(count)))
+        return [finish(index) for index in range(count)]
+
+    def _finish_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._finish_executor is None:
+            from rtseg_ros.machine import usable_cores
+
+            self._finish_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, min(self.max_batch, usable_cores())), thread_name_prefix="batch-finish")
+        return self._finish_executor
 
     def _batch_body(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self._body is None:

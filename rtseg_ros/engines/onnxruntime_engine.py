@@ -58,6 +58,8 @@ def execution_providers(device: torch.device, cache_dir: Path) -> list[tuple[str
 class OnnxRuntimeEngine(InferenceEngine):
     """Runs cached ONNX exports of the segmentation head with ONNX Runtime (fp32)."""
 
+    concurrent_finishes = True  # each call binds its own tensors; session.run is thread-safe and drops the GIL
+
     name = "onnxruntime"
     channels_last = False  # ONNX Runtime takes dense NCHW
 

@@ -34,6 +34,8 @@ def _use_inductor_cache(directory: Path) -> None:
 class TorchEngine(InferenceEngine):
     """Eager PyTorch in inference mode, channels_last, fp32 (or fp16 on CUDA)."""
 
+    concurrent_finishes = True  # torch's kernels (eager and inductor's) release the GIL and share no state
+
     name = "torch"
     builds_per_variant = False
     # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution layouts, and

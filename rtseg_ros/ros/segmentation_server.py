@@ -187,8 +187,9 @@ class SegmentationServer:
             DiagnosticArray, Topics.DIAGNOSTICS.name, qos_profile(Topics.DIAGNOSTICS.qos))
         self._diagnostics_timer = self.node.create_timer(1.0, self._publish_diagnostics)
         # The first engines, in the background.
-        if self._cameras:
-            self._request_batch_variants(segmenter, [], False)
+        if self._cameras:  # with the cameras' frame size known, the finish for it too
+            self._request_batch_variants(
+                segmenter, [segmenter.output_size(camera_size)] if all(camera_size) else [], False)
         else:
             self._request_variant(first_size, False)
         if self._wait_for_engines:
