@@ -32,7 +32,7 @@ FRAME = np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8)
 STARTUP_S = 120.0
 # The README's commands, as written there (checked below, so the two cannot drift apart).
 HZ = "ros2 topic hz /segmentation/labels"
-PARAM_SET = "ros2 param set /segmentation_node input_width 512"
+PARAM_SET = "ros2 param set /segmentation_node input_width 768"
 ECHO_LABEL_INFO = "ros2 topic echo /segmentation/label_info --once"
 
 
@@ -173,12 +173,12 @@ def test_param_set_input_width_rebuilds_while_labels_keep_coming(launched: tuple
     listener = cameras.listeners["/"]
     code, output = run_in_workspace(PARAM_SET, timeout_s=60)
     assert "Set parameter successful" in output, output
-    cameras.wait(lambda: listener.status.get("input_size") == "64x512", STARTUP_S,
-                 "/diagnostics to report the 64x512 engine", launch)
+    cameras.wait(lambda: listener.status.get("input_size") == "64x768", STARTUP_S,
+                 "/diagnostics to report the 64x768 engine", launch)
     labels_topic = _labels(listener)
     count = listener.stats(labels_topic).count
     cameras.wait(lambda: listener.stats(labels_topic).count >= count + 3, 60.0, "labels from the new engine", launch)
-    assert listener.label_info_meta["input_size"] == [64, 512]
+    assert listener.label_info_meta["input_size"] == [64, 768]
 
 
 def test_wrong_overrides_end_the_launch_before_the_node_starts() -> None:
@@ -262,15 +262,26 @@ def test_lifecycle_launch_autostarts_and_the_lifecycle_cli_drives_it(tmp_path: P
     try:
         cameras.wait(lambda: listener.ready and listener.stats(_labels(listener)).count > 0, STARTUP_S,
                      "labels of the autostarted managed node", launch)
-        code, output = run_in_workspace("ros2 lifecycle nodes", timeout_s=60)
-        assert "/managed_seg" in output, output
-        code, output = run_in_workspace("ros2 lifecycle get /managed_seg", timeout_s=60)
-        assert output.strip().startswith("active"), output
+        # A fresh CLI process (and its daemon) may not have discovered the node yet: ask again a few times.
+        assert "/managed_seg" in _until("ros2 lifecycle nodes", lambda out: "/managed_seg" in out)
+        assert _until("ros2 lifecycle get /managed_seg", lambda out: out.strip().startswith("active")
+                      ).strip().startswith("active")
         code, output = run_in_workspace("ros2 lifecycle set /managed_seg deactivate", timeout_s=60)
         assert "Transitioning successful" in output, output
-        code, output = run_in_workspace("ros2 lifecycle get /managed_seg", timeout_s=60)
-        assert output.strip().startswith("inactive"), output
+        assert _until("ros2 lifecycle get /managed_seg", lambda out: out.strip().startswith("inactive")
+                      ).strip().startswith("inactive")
     finally:
         cameras.close()
         code = launch.stop()
     assert code == 0, launch.log()[-3000:]
+
+
+def _until(command: str, done, attempts: int = 10) -> str:
+    """The output of ``command``, run again (a second apart) until ``done(output)`` or ``attempts`` runs."""
+    output = ""
+    for _ in range(attempts):
+        _, output = run_in_workspace(command, timeout_s=60)
+        if done(output):
+            break
+        time.sleep(1.0)
+    return output

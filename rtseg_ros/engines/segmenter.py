@@ -209,13 +209,7 @@ class Segmenter:
             labels_host = to_host(labels)
             confidence_host = to_host(confidence) if confidence is not None else None
         done = time.perf_counter()
-        timings = {
-            "preprocess": (preprocessed - start) * 1e3,
-            "inference": (inferred - preprocessed) * 1e3,
-            "postprocess": (done - inferred) * 1e3,
-            "total": (done - start) * 1e3,
-        }
-        return SegmentationResult(labels_host, confidence_host, timings)
+        return SegmentationResult(labels_host, confidence_host, _timings_ms(start, preprocessed, inferred, done))
 
 
     # Batches of frames (several cameras) -------------------------------------------------------
@@ -291,13 +285,7 @@ class Segmenter:
             hosted = [(to_host(labels), to_host(confidence) if confidence is not None else None)
                       for labels, confidence in outputs]
         done = time.perf_counter()
-        timings = {
-            "preprocess": (preprocessed - start) * 1e3,
-            "inference": (inferred - preprocessed) * 1e3,
-            "postprocess": (done - inferred) * 1e3,
-            "total": (done - start) * 1e3,
-            "batch_size": float(len(frames)),
-        }
+        timings = {**_timings_ms(start, preprocessed, inferred, done), "batch_size": float(len(frames))}
         return [SegmentationResult(labels, confidence, dict(timings)) for labels, confidence in hosted]
 
     def _run_eager(self, image: torch.Tensor, output_size: tuple[int, int],
@@ -309,6 +297,12 @@ class Segmenter:
         out = head(image.to(device=parameter.device, dtype=parameter.dtype))
         labels, confidence = (out[0], out[1]) if want_confidence else (out, None)
         return labels.to(self.device), (confidence.to(self.device) if confidence is not None else None)
+
+
+def _timings_ms(start: float, preprocessed: float, inferred: float, done: float) -> dict[str, float]:
+    """The ``timings_ms`` of a result from its ``perf_counter`` marks."""
+    return {"preprocess": (preprocessed - start) * 1e3, "inference": (inferred - preprocessed) * 1e3,
+            "postprocess": (done - inferred) * 1e3, "total": (done - start) * 1e3}
 
 
 def _no_sync() -> None:

@@ -22,6 +22,7 @@ import gc
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -171,8 +172,9 @@ class SegmentationServer:
         if config.weights is None:
             self.logger.warning(
                 "no 'weights' set: running with UNTRAINED random weights, the labels are meaningless. For real use "
-                "set weights (a checkpoint, a models/manifest.yaml name, or synthetic_toy for the demo scenes) and "
-                "a config file for your camera (config:=atonet_cityscapes.yaml ...; `rtseg params` lists them all)")
+                "set weights to a checkpoint (a path, a file in models/, or a models/manifest.yaml name such as "
+                "mfaranet_cityscapes_train with model:=mfaranet, fetched first: docs/ros.md, Weights; synthetic_toy "
+                "for the demo scenes) and the input size and backend for your camera and machine (`rtseg params`)")
         self._started_at = time.monotonic()
         self._ready_lock = threading.Lock()
         self._ready_after_s: float | None = None  # set once the first engine serves
@@ -210,7 +212,7 @@ class SegmentationServer:
 
     def activate(self) -> None:
         """Start taking frames and publishing (label_info too, once an engine serves)."""
-        if not self.configured or self._active:
+        if not self.configured or self._active or self.fatal_error:  # a failed start-up build ends the node
             return
         self._active = True
         for stream in self._streams:
@@ -338,14 +340,9 @@ class SegmentationServer:
             with_confidence = bool(missing) and missing[0][1]
             sizes = [size for size, confidence in missing if confidence == with_confidence]
             try:
-                if segmenter.engine.builds_per_variant:
-                    # In a child process, into the engine cache (variant_build says why); loading it here is quick.
-                    try:
-                        build_batch_in_child(segmenter.config, sizes, with_confidence)
-                    except Exception as exc:  # noqa: BLE001 - fall back to building here
-                        self.logger.warning(f"building the batched engine in a child process failed ({exc}); "
-                                            f"building it in this process")
-                segmenter.prepare_batch(sizes, with_confidence)
+                self._build(segmenter, "the batched engine",
+                            lambda: build_batch_in_child(segmenter.config, sizes, with_confidence),
+                            lambda: segmenter.prepare_batch(sizes, with_confidence))
             except Exception as exc:  # noqa: BLE001 - eager PyTorch keeps serving; reported
                 if not segmenter.batch_prepared:
                     self._fail_start(f"building the batched engine failed: {exc}")
@@ -388,14 +385,8 @@ class SegmentationServer:
             self.logger.info(f"building {what} in the background; the ready engines keep serving")
             start = time.monotonic()
             try:
-                if segmenter.engine.builds_per_variant:
-                    # The build in a child process, into the cache; loading it here is quick (variant_build).
-                    try:
-                        build_in_child(segmenter.config, output_size, with_confidence)
-                    except Exception as exc:  # noqa: BLE001 - fall back to building here
-                        self.logger.warning(f"building {what} in a child process failed ({exc}); "
-                                            f"building it in this process")
-                segmenter.prepare(output_size, with_confidence)
+                self._build(segmenter, what, lambda: build_in_child(segmenter.config, output_size, with_confidence),
+                            lambda: segmenter.prepare(output_size, with_confidence))
             except Exception as exc:  # noqa: BLE001 - the engines already built keep serving
                 self._failed_variants.add((frame_size, with_confidence))
                 if not segmenter.prepared:  # nothing of the backend's engine: eager PyTorch must not serve for ever
@@ -406,6 +397,16 @@ class SegmentationServer:
             self.logger.info(f"{what} ready after {time.monotonic() - start:.1f} s")
             if self._engine is not None and segmenter is self._engine.engine:
                 self._announce_ready()
+
+    def _build(self, segmenter: Segmenter, what: str, in_child: Callable[[], None], load: Callable[[], None]) -> None:
+        """Build ``what`` in a child process into the engine cache (``variant_build`` says why), then ``load`` it
+        here, which is quick; where the child fails, ``load`` builds it in this process."""
+        if segmenter.engine.builds_per_variant:
+            try:
+                in_child()
+            except Exception as exc:  # noqa: BLE001 - fall back to building here
+                self.logger.warning(f"building {what} in a child process failed ({exc}); building it in this process")
+        load()
 
     def _announce_ready(self) -> bool:
         """The first engine serves: say so (log and, while active, the latched label_info), once."""
@@ -671,7 +672,7 @@ class SegmentationServer:
 
     def _publish_label_info(self) -> None:
         """label_info (LabelInfo) and its companion label_info_meta (JSON) for the engine in service, per camera."""
-        if self._engine is None:
+        if self._engine is None or not self.node.context.ok():  # ending: a failed build shut ROS down
             return
         engine = self._engine.engine
         msg = label_info_message(engine.label_set.class_names)
