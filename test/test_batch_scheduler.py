@@ -130,3 +130,76 @@ def test_discard_forgets_a_source() -> None:
 def test_bad_settings_are_refused(max_batch: int, wait: float) -> None:
     with pytest.raises(ValueError):
         BatchScheduler(lambda batch: None, max_batch=max_batch, batch_wait_s=wait)
+
+
+def test_the_rest_of_a_batch_runs_while_the_next_batch_is_handled() -> None:
+    """Two stages: a batch's returned rest runs on a second thread beside the next handle, one at a time."""
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    rest_running = threading.Event()
+    release_rest = threading.Event()
+    overlapped: list[bool] = []
+    restarts = collections.Counter()
+
+    def record(event: str, batch_id: int) -> None:
+        with lock:
+            events.append((event, batch_id))
+
+    def handle(batch: list[tuple[str, int]]):
+        batch_id = batch[0][1]
+        record("handle", batch_id)
+        overlapped.append(rest_running.is_set())
+
+        def rest() -> None:
+            rest_running.set()
+            restarts[batch_id] += 1
+            record("rest start", batch_id)
+            if batch_id == 0:
+                release_rest.wait(5)  # batch 0's rest is slow: batch 1 is handled meanwhile
+            record("rest end", batch_id)
+            rest_running.clear()
+
+        return rest
+
+    scheduler = BatchScheduler(handle, max_batch=2)
+    try:
+        scheduler.submit("front", 0)
+        assert rest_running.wait(5)
+        scheduler.submit("front", 1)
+        deadline = time.monotonic() + 5
+        while ("handle", 1) not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ("handle", 1) in events and ("rest start", 1) not in events
+        assert overlapped[-1] is True  # batch 1's network ran while batch 0's rest did
+        release_rest.set()
+    finally:
+        scheduler.stop()  # waits for the last rest
+    assert events.index(("rest end", 0)) < events.index(("rest start", 1))  # one rest at a time, in order
+    assert restarts == {0: 1, 1: 1} and events[-1] == ("rest end", 1)
+
+
+def test_a_failing_rest_is_logged_and_the_next_batches_run(caplog) -> None:
+    served: list[int] = []
+
+    def handle(batch: list[tuple[str, int]]):
+        value = batch[0][1]
+
+        def rest() -> None:
+            if value == 0:
+                raise RuntimeError("finish failed")
+            served.append(value)
+
+        return rest
+
+    scheduler = BatchScheduler(handle, max_batch=1)
+    try:
+        scheduler.submit("front", 0)
+        deadline = time.monotonic() + 5
+        while "the rest of a batch failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        scheduler.submit("front", 1)
+        while not served and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        scheduler.stop()
+    assert served == [1] and "finish failed" in caplog.text

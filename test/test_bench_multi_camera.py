@@ -37,6 +37,11 @@ def test_two_cameras_one_node_against_two_nodes(tmp_path) -> None:
             assert camera["sent"] > 0 and 0 < camera["served"] <= camera["sent"] + 1
             assert camera["latency_p50_ms"] <= camera["latency_p95_ms"]
         assert layout["rss_mib"] > 0 and layout["peak_rss_mib"] >= layout["rss_mib"] * 0.5
+        # Where a frame's time went: every stage measured, the network's inference among them.
+        assert set(layout["stages_p50_ms"]) >= {"decode", "queued", "inference", "publish"}
+        assert layout["stages_p50_ms"]["inference"] > 0
+        assert all(camera["node_missed"] <= camera["node_dropped"] for camera in layout["cameras"].values()
+                   if "node_dropped" in camera)
         assert layout["aggregate_served_fps"] == pytest.approx(
             sum(camera["served_fps"] for camera in layout["cameras"].values()), abs=0.01)
     assert sum(int(size) * count for size, count in one["batches_by_size"].items()) > 0

@@ -151,3 +151,26 @@ def test_atonet_and_random_weights_warn(tmp_path, caplog, frame):
     segmenter.warmup(frame.shape[:2])
     result = segmenter.segment(frame, color_order="bgr", want_confidence=True)
     assert result.labels.shape == frame.shape[:2] and result.labels.max() < 19
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_labels_by_reductions_are_the_argmax(dtype):
+    from rtseg_ros.engines.preprocessing import labels_and_confidence
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 19, 24, 40, generator=generator).to(dtype)
+    # Ties: rounded scores make many pixels have two or more best classes; the first one must win.
+    logits = (logits * 2).round() / 2
+    logits[0, :, 0, 0] = 1.0  # all classes equal: class 0
+    channels_last = logits.contiguous(memory_format=torch.channels_last)
+    for want_confidence in (False, True):
+        expected, expected_confidence = labels_and_confidence(logits, want_confidence)
+        for tensor in (logits, channels_last):
+            labels, confidence = labels_and_confidence(tensor, want_confidence, labels_by_reductions=True)
+            assert labels.dtype == torch.uint8 and labels.shape == (24, 40)
+            assert torch.equal(labels, expected)
+            assert torch.equal(labels, logits[0].float().argmax(dim=0).to(torch.uint8))
+            if want_confidence:
+                assert confidence.dtype == torch.float32
+                torch.testing.assert_close(confidence, expected_confidence)
+    assert labels[0, 0] == 0

@@ -135,3 +135,41 @@ def test_camera_info_is_scaled_to_the_label_size() -> None:
     info.roi.x_offset = info.roi.y_offset = info.roi.width = info.roi.height = 0
     same = scale_camera_info(info, 640, 480, header)
     assert same is not info and list(same.k) == list(info.k) and list(same.p) == list(info.p)
+
+
+def test_a_frame_wanting_confidence_is_never_served_by_a_labels_only_engine() -> None:
+    from rtseg_ros.ros.segmentation_server import closest_variant
+
+    labels_only = ((64, 128), False)
+    with_confidence = ((96, 160), True)
+    # Only labels built: a frame that wants confidence waits for eager PyTorch, one that does not is served.
+    assert closest_variant({labels_only}, (72, 120), want_confidence=True) is None
+    assert closest_variant({labels_only}, (72, 120), want_confidence=False) == labels_only
+    # Its own labels+confidence build failed: labels alone rather than eager for ever.
+    assert closest_variant({labels_only}, (72, 120), True, own_build_failed=True) == labels_only
+    # A confidence engine of another size serves it (resized); a labels frame prefers labels, then size.
+    assert closest_variant({labels_only, with_confidence}, (72, 120), True) == with_confidence
+    assert closest_variant({labels_only, with_confidence}, (96, 160), False) == labels_only
+    assert closest_variant({((96, 160), False), ((64, 128), False)}, (70, 130), False) == ((64, 128), False)
+    assert closest_variant(set(), (72, 120), False) is None
+
+
+def test_an_integer_given_for_a_number_parameter_is_taken_as_that_number() -> None:
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from rtseg_ros.ros.clients import ClientSession
+    from rtseg_ros.ros.parameters import declare_parameters
+
+    # What `-p batch_wait_ms:=5` hands the node: an INTEGER, which rclpy refuses for a DOUBLE parameter.
+    with ClientSession() as session:
+        node = Node("rtseg_parts_overrides", context=session.context,
+                    parameter_overrides=[Parameter("batch_wait_ms", Parameter.Type.INTEGER, 5),
+                                         Parameter("input_width", Parameter.Type.INTEGER, 256)])
+        try:
+            declare_parameters(node)
+            assert node.get_parameter("batch_wait_ms").value == 5.0
+            assert node.get_parameter("batch_wait_ms").type_ == Parameter.Type.DOUBLE
+            assert node.get_parameter("input_width").value == 256
+        finally:
+            node.destroy_node()

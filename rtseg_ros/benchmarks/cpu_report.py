@@ -10,7 +10,7 @@ commands, their exit codes and durations, and the load average before and after 
 2. ``bench-avx2``: the same with the kernels capped at AVX2 (``--isa-limit avx2``), with profiles;
 3. ``node``: ``rtseg bench node`` with the default parameters (the network alone against inside the node,
    and the rate search);
-4. ``toy-int8``: int8 against fp32 labels on the trained toy model, if ``models/synthetic_toy.pth`` is there.
+4. ``toy-int8``: int8 against fp32 labels on the trained toy model (the manifest's ``synthetic_toy``).
 
 ``--smoke`` runs the same parts at toy sizes, to check the script in a minute or two; its figures mean
 nothing. Nothing here is a measurement on a loaded machine: check ``summary.json``'s load averages.
@@ -113,16 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     if "node" in wanted:
         parts.append(run_part("node", node_command(out, smoke=args.smoke), out, args.part_timeout))
     if "toy-int8" in wanted:
-        from rtseg_ros.user_cache import models_dir
+        from rtseg_ros.nets.weights import TOY_MODEL, WeightsError, resolve_weights
 
-        toy = models_dir() / "synthetic_toy.pth"
-        if toy.is_file():
+        try:  # where every command finds it: shipped in models/, else the user's cache
+            toy = resolve_weights(TOY_MODEL)
+        except WeightsError as exc:
+            parts.append({"part": "toy-int8", "exit": "skipped", "reason": str(exc)})
+            print(f"[toy-int8] skipped: {exc}", flush=True)
+        else:
             parts.append(run_part("toy-int8", bench_command(
                 out, "toy-int8", smoke=args.smoke, isa_limit=None, profile=False, benchmark_app_s=0,
                 models=("atonet",), scales=("1,2,3,4",), weights=(f"atonet={toy}",)), out, args.part_timeout))
-        else:
-            parts.append({"part": "toy-int8", "exit": "skipped", "reason": f"{toy} is not there yet"})
-            print(f"[toy-int8] skipped: {toy} is not there yet", flush=True)
     summary = {"machine": machine, "smoke": args.smoke, "parts": parts, "load_average_at_end": load_average()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out / 'summary.json'}; total {sum(p.get('seconds', 0) for p in parts):.0f} s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import re
 import tempfile
 import threading
@@ -47,6 +48,23 @@ def _resident(pid: int) -> dict[str, float]:
     return values
 
 
+def frame_stages_ms(timings: Mapping[str, Any]) -> dict[str, float]:
+    """One frame's ``segmentation/timings`` as stages, ms: taken to decode start (``to_thread``), ``decode``,
+    waiting for the engine (``queued``), the Segmenter's ``preprocess``, ``inference`` (the network of the
+    batch) and ``postprocess`` (each frame's resize and argmax), and ``publish``."""
+    segmenter = timings.get("segmenter_ms", {})
+    segmenting_ms = (timings["segmented_ns"] - timings["decoded_ns"]) * 1e-6
+    return {
+        "to_thread": (timings["started_ns"] - timings["received_ns"]) * 1e-6,
+        "decode": (timings["decoded_ns"] - timings["started_ns"]) * 1e-6,
+        "queued": max(segmenting_ms - float(segmenter.get("total", 0.0)), 0.0),
+        "preprocess": float(segmenter.get("preprocess", 0.0)),
+        "inference": float(segmenter.get("inference", 0.0)),
+        "postprocess": float(segmenter.get("postprocess", 0.0)),
+        "publish": (timings["published_ns"] - timings["segmented_ns"]) * 1e-6,
+    }
+
+
 class _Feed:
     """Plays one frame per camera at ``rate_hz`` from a thread, with fresh stamps; records the labels that come
     back (arrival, latency) and the batch sizes the node reports in ``segmentation/timings``."""
@@ -67,8 +85,11 @@ class _Feed:
             on_message=lambda topic, msg, received_s, camera=camera: self._on_labels(camera, msg, received_s),
             context=self.session.context)) for camera in cameras}
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.stages: list[dict[str, float]] = []  # frame_stages_ms of every frame served in the window
         # The newest engine_state of every /diagnostics status (one per camera in either layout).
         self.engine_states: dict[str, str] = {}
+        # Each camera's node-side totals from /diagnostics (1 Hz): frames dropped, of them missed.
+        self.node_counts: dict[str, dict[str, int]] = {}
         self.listeners[cameras[0]].create_subscription(DiagnosticArray, Topics.DIAGNOSTICS.name,
                                                        self._on_diagnostics, 50)
         for camera, listener in self.listeners.items():
@@ -95,6 +116,11 @@ class _Feed:
             values = {kv.key: kv.value for kv in status.values}
             if "engine_state" in values:
                 self.engine_states[status.name] = values["engine_state"]
+            # "...: segmentation (cam0)" in the one node, "/cam0/segmentation_node: ..." in the others.
+            camera = next((c for c in self.cameras if f"({c})" in status.name or f"/{c}/" in status.name), None)
+            if camera is not None:
+                self.node_counts[camera] = {key: int(values.get(f"frames_{key}", 0))
+                                            for key in ("dropped", "missed")}
 
     def engines_idle(self) -> bool:
         """Every camera's status says its engine serves, none is being built (call with the lock held)."""
@@ -103,19 +129,27 @@ class _Feed:
 
     def _on_timings(self, msg: Any) -> None:
         if self._window is not None and self._window[0] <= time.monotonic() <= self._window[1]:
-            self.batch_sizes[int(json.loads(msg.data).get("batch_size", 1))] += 1
+            timings = json.loads(msg.data)
+            self.batch_sizes[int(timings.get("batch_size", 1))] += 1
+            self.stages.append(frame_stages_ms(timings))
 
     def _run(self) -> None:
-        next_s = time.monotonic()
+        # Free-running cameras: each at the rate, their frames spread evenly over the period. Sent all at
+        # once instead, the camera published first lost about half its frames in the middleware (in both
+        # layouts: replaced in the node's subscription queue) and the one published last almost none.
+        offsets = {camera: index * self._period_s / len(self.cameras) for index, camera in enumerate(self.cameras)}
+        start = time.monotonic()
+        next_s = {camera: start + offset for camera, offset in offsets.items()}
         while not self._stop.is_set():
             with self._lock:
-                if self._playing.is_set() and time.monotonic() >= next_s:
-                    for camera, feeder in self.feeders.items():
-                        feeder.publish_frame(self._frames[camera], "rgb")
-                        self.sent[camera] += 1
-                    next_s += self._period_s
-                    if next_s < time.monotonic():  # fell behind: keep the rate, do not burst
-                        next_s = time.monotonic() + self._period_s
+                now = time.monotonic()
+                for camera, due in next_s.items():
+                    if not self._playing.is_set() or now < due:
+                        continue
+                    self.feeders[camera].publish_frame(self._frames[camera], "rgb")
+                    self.sent[camera] += 1
+                    # Fell behind: keep the rate and the camera's phase, do not burst.
+                    next_s[camera] = due + self._period_s * max(1, math.ceil((now - due) / self._period_s))
                 self.session.spin_once(0.002)
 
     def wait(self, condition: Any, timeout_s: float, what: str, processes: list[Any]) -> None:
@@ -137,6 +171,8 @@ class _Feed:
         start = time.monotonic()
         self._window = (start, start + duration_s)
         sent_before = dict(self.sent)
+        with self._lock:
+            counts_before = {camera: dict(counts) for camera, counts in self.node_counts.items()}
         time.sleep(duration_s)
         end = time.monotonic()
         with self._lock:
@@ -152,6 +188,11 @@ class _Feed:
                     "latency_p50_ms": round(float(np.percentile(window, 50)), 1) if window else None,
                     "latency_p95_ms": round(float(np.percentile(window, 95)), 1) if window else None,
                 }
+                if camera in counts_before and camera in self.node_counts:
+                    # Whole seconds of /diagnostics: about the window, not to the frame.
+                    for key in ("dropped", "missed"):
+                        per_camera[camera][f"node_{key}"] = (self.node_counts[camera][key]
+                                                             - counts_before[camera][key])
         return {"duration_s": round(end - start, 2), "cameras": per_camera,
                 "aggregate_served_fps": round(sum(c["served_fps"] for c in per_camera.values()), 3)}
 
@@ -196,6 +237,10 @@ def _run_layout(layout: str, config: SegmenterConfig, cameras: list[str], frames
         result["processes"] = len(processes)
         result["rss_mib"] = round(sum(m.get("rss_mib", 0.0) for m in memory), 1)
         result["peak_rss_mib"] = round(sum(m.get("peak_rss_mib", 0.0) for m in memory), 1)
+        if feed.stages:
+            # Where a frame's time went, median per stage (ms): what a faster layout must shorten.
+            result["stages_p50_ms"] = {stage: round(float(np.median([s[stage] for s in feed.stages])), 2)
+                                       for stage in feed.stages[0]}
         if feed.batch_sizes:
             # The node reports each frame with its batch's size: a batch of k is k reports.
             result["batches_by_size"] = {str(size): count // size for size, count in sorted(feed.batch_sizes.items())}
@@ -248,10 +293,16 @@ def run_multi_camera_bench(config: SegmenterConfig, cameras: int, *, frame_size:
     }
 
 
+def _node_drops(camera: Mapping[str, Any]) -> str:
+    """``dropped (missed)`` of one camera's row, ``-`` where /diagnostics gave none."""
+    return f"{camera.get('node_dropped', '-')} ({camera.get('node_missed', '-')})"
+
+
 def format_multi_camera(report: Mapping[str, Any]) -> str:
     """The report as a Markdown table, one row per layout."""
     rows = ["| layout | processes | RSS MiB | engine builds (s) | aggregate served fps | per camera fps "
-            "| latency p50/p95 ms per camera | batches by size |", "|---|---|---|---|---|---|---|---|"]
+            "| latency p50/p95 ms per camera | node drops (missed) per camera | batches by size |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for layout in ("one_node", "separate_nodes"):
         result = report[layout]
         cameras = result["cameras"].values()
@@ -260,8 +311,15 @@ def format_multi_camera(report: Mapping[str, Any]) -> str:
             f"| {result['engine_builds']} ({result['engine_build_s']:.0f}) | {result['aggregate_served_fps']:.1f} "
             f"| {' / '.join(format(c['served_fps'], '.1f') for c in cameras)} "
             f"| {' / '.join(str(c['latency_p50_ms']) + '/' + str(c['latency_p95_ms']) for c in cameras)} "
+            f"| {' / '.join(_node_drops(c) for c in cameras)} "
             f"| {result.get('batches_by_size', '-')} |")
     comparison = report["comparison"]
+    for layout in ("one_node", "separate_nodes"):
+        stages = report[layout].get("stages_p50_ms")
+        if stages:
+            rows.append("")
+            rows.append(f"{layout.replace('_', ' ')}, median ms per frame: "
+                        + ", ".join(f"{stage} {value}" for stage, value in stages.items()))
     rows.append("")
     rows.append(f"one node's memory = {comparison['memory_one_node_vs_one_single_node']}x one single-camera node's, "
                 f"{comparison['memory_one_node_vs_all_single_nodes']}x all of them; aggregate served rate "

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from rtseg_ros.engines.openvino_engine import HEAD_MODULE
 from rtseg_ros.engines.preprocessing import reference_preprocess
 
 PARTS: tuple[str, ...] = ("encoder", "multi-level aggregation", "flow alignment", "heads and score fusion",
@@ -47,7 +48,7 @@ _PART_RULES: dict[str, tuple[tuple[str, str], ...]] = {
                ("model.relu", "multi-level aggregation"), ("model.classifier", "heads and score fusion"),
                ("model.aux_classifiers", "heads and score fusion"), ("model", "multi-level aggregation")),
 }
-_NAMED = re.compile(r"(head|model(?:\.[\w.]+)?)/(\w+)/")
+_NAMED = re.compile(rf"({HEAD_MODULE}|model(?:\.[\w.]+)?)/(\w+)/")
 # Layers whose precision matters for the time: the ones a quantizer could run in int8.
 _COMPUTE_TYPES = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "MatMul", "FullyConnected",
                             "Interpolate", "GridSample", "AvgPool", "MaxPool", "ReduceMean"})
@@ -60,7 +61,7 @@ def part_of(model: str, module_path: str, graph_node: str, output_hw: tuple[int,
     Whatever runs at the labels' size outside the encoder is the final resize and argmax (nothing else of
     the network works at full resolution), as are the segmentation head's own operations.
     """
-    if module_path == "head" or (output_hw == tuple(output_size) and not module_path.startswith("model.encoder")):
+    if module_path == HEAD_MODULE or (output_hw == tuple(output_size) and not module_path.startswith("model.encoder")):
         return "final resize + argmax"
     if graph_node.startswith("grid_sampler"):
         return "flow alignment"

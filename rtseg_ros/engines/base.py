@@ -120,16 +120,18 @@ class SegmentationHead(nn.Module):
     """
 
     def __init__(self, model: nn.Module, output_size: tuple[int, int], with_confidence: bool,
-                 label_dtype: torch.dtype = torch.uint8):
+                 label_dtype: torch.dtype = torch.uint8, labels_by_reductions: bool = False):
         super().__init__()
         self.model = model
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.with_confidence = with_confidence
         self.label_dtype = label_dtype
+        self.labels_by_reductions = labels_by_reductions  # see labels_and_confidence
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(image, output_size=self.output_size)
-        labels, confidence = labels_and_confidence(logits, self.with_confidence, self.label_dtype)
+        labels, confidence = labels_and_confidence(logits, self.with_confidence, self.label_dtype,
+                                                   self.labels_by_reductions)
         return (labels, confidence) if self.with_confidence else labels
 
 
@@ -248,14 +250,31 @@ class InferenceEngine(ABC):
         Raises:
             ValueError: the batch is empty or larger than ``max_batch``, or the sizes do not match it.
         """
+        if len(output_sizes) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(output_sizes)} output sizes")
+        return self.finish_batch(self.run_body(images), output_sizes, with_confidence)
+
+    def run_body(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's logits (BxCxhxw, a new tensor each call) of a Bx3xHxW batch: the first half of
+        :meth:`run_batch`.
+
+        Raises:
+            ValueError: the batch is empty or larger than ``max_batch``.
+        """
         count = images.shape[0]
         if not 1 <= count <= self.max_batch:
             raise ValueError(f"a batch holds 1 to max_batch={self.max_batch} images, got {count}")
-        if len(output_sizes) != count:
-            raise ValueError(f"{count} images but {len(output_sizes)} output sizes")
         body = self._batch_body()
         with torch.inference_mode():
-            logits = body(images)
+            return body(images)
+
+    def finish_batch(self, logits: torch.Tensor, output_sizes: Sequence[tuple[int, int]],
+                     with_confidence: bool) -> list[HeadOutput]:
+        """The second half of :meth:`run_batch`: each frame's labels (and confidence) from the batch's
+        ``logits``, the i-th at ``output_sizes[i]``; may run while the next batch's :meth:`run_body` does."""
+        count = logits.shape[0]
+        if len(output_sizes) != count:
+            raise ValueError(f"{count} logits but {len(output_sizes)} output sizes")
         finishes = [self._finish(size, with_confidence) for size in output_sizes]  # built here, in order
 
         def finish(index: int) -> HeadOutput:

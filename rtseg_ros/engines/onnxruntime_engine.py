@@ -99,7 +99,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         width static (the pooling grids stay exact)."""
         entry = self._cache.entry(self.spec.batch_cache_name(), "model.onnx",
                                   self.spec.batch_cache_key(opset=OPSET, exporter="torch.onnx dynamo"))
-        session = entry.load_or_build(load=self._open_session, build=self._export_body,
+        # Its threads do not spin once the network is done: the batch's finishes need the cores then.
+        session = entry.load_or_build(load=lambda path: self._open_session(path, spin=False), build=self._export_body,
                                       what=f"ONNX export ({self.spec.batch_cache_name()})")
         return _BatchSessionRunner(session, (self.spec.num_classes, *self.spec.logits_size))
 
@@ -118,7 +119,9 @@ class OnnxRuntimeEngine(InferenceEngine):
         name = self.spec.finish_cache_name(output_size, with_confidence)
         entry = self._cache.entry(name, "model.onnx", self.spec.finish_cache_key(
             output_size, with_confidence, opset=OPSET, exporter="torch.onnx dynamo"))
-        session = entry.load_or_build(load=self._open_session,
+        # One thread each: a batch's finishes run side by side on the cores (concurrent_finishes), and
+        # threads of their own within each would only contend with the other finishes.
+        session = entry.load_or_build(load=lambda path: self._open_session(path, threads=1),
                                       build=lambda path: self._export_finish(path, output_size, with_confidence),
                                       what=f"ONNX export ({name})")
         return _SessionRunner(session, output_size, with_confidence, input_name=LOGITS)
@@ -131,12 +134,14 @@ class OnnxRuntimeEngine(InferenceEngine):
                               str(path), dynamo=True, opset_version=OPSET, input_names=[LOGITS],
                               output_names=output_names, external_data=False, verbose=False)
 
-    def _open_session(self, path: Path):
+    def _open_session(self, path: Path, threads: int | None = None, spin: bool = True):
         ort = self._ort
         options = ort.SessionOptions()
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Follow torch's thread setting so one knob (--threads, torch.set_num_threads) rules both.
-        options.intra_op_num_threads = torch.get_num_threads()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         names = [name for name, _ in self.providers]

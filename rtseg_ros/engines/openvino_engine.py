@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,11 @@ LOG = logging.getLogger(__name__)
 ARTIFACT = "model.blob"
 IR_NAME = "model.xml"  # the same model as IR, beside the blob (ir_path)
 # "+module-names": operations are named after the torch module that made them (see name_by_module);
-# "+static-input": the input is fixed at 1x3xHxW.
+# "+static-input": the input is fixed at 1x3xHxW; "+labels-by-reductions": the fused head's argmax is
+# computed by reductions (labels_and_confidence) and int8 leaves the final resize and the head in float.
 STATIC_INPUT = True
-CONVERTER = "torch.export+openvino.convert_model+module-names" + ("+static-input" if STATIC_INPUT else "")
+CONVERTER = ("torch.export+openvino.convert_model+module-names" + ("+static-input" if STATIC_INPUT else "")
+             + "+labels-by-reductions")
 # NNCF's target device per OpenVINO device kind (it shapes which operations get quantized).
 _NNCF_TARGETS = {"CPU": "CPU", "GPU": "GPU", "NPU": "NPU"}
 
@@ -54,6 +56,23 @@ def import_openvino():
             f"the openvino backend needs OpenVINO, which failed to import ({exc}); "
             "pip install 'rtseg_ros[openvino]'") from exc
     return openvino
+
+
+# What name_by_module calls the segmentation head's own operations (argmax, confidence), not the network's.
+HEAD_MODULE = "head"
+HEAD_OPERATIONS = rf"^{HEAD_MODULE}/.*"
+
+
+def final_resize_outputs(model: Any, output_size: tuple[int, int]) -> list[str]:
+    """Names of ``model``'s resize operations that output the labels' size: the network's final resize of
+    its logits (nothing else of the network works at that size)."""
+    names = []
+    for op in model.get_ordered_ops():
+        shape = op.get_output_partial_shape(0) if op.get_output_size() else None
+        if (op.get_type_name() == "Interpolate" and shape is not None and shape.is_static
+                and tuple(shape.to_shape())[-2:] == tuple(output_size)):
+            names.append(op.get_friendly_name())
+    return names
 
 
 def name_by_module(model: Any, exported: torch.export.ExportedProgram) -> int:
@@ -71,7 +90,7 @@ def name_by_module(model: Any, exported: torch.export.ExportedProgram) -> int:
     modules: dict[str, str] = {}
     for node in exported.graph.nodes:
         stack = node.meta.get("nn_module_stack")
-        modules[node.name] = (list(stack.values())[-1][0] or "head") if stack else "head"
+        modules[node.name] = (list(stack.values())[-1][0] or HEAD_MODULE) if stack else HEAD_MODULE
     used: set[str] = {op.get_friendly_name() for op in model.get_ops()}
     renamed = 0
     for op in model.get_ordered_ops():
@@ -181,7 +200,8 @@ class OpenVINOEngine(InferenceEngine):
         """The fp32 ``openvino.Model`` of the segmentation head at the network input size, its operations
         named after their torch modules (:func:`name_by_module`)."""
         example = torch.zeros((1, 3, *self.network_size), dtype=torch.float32)
-        head = SegmentationHead(self._export_model, output_size, with_confidence).eval()
+        # The fused head's logits arrive in the plugin's channels-last layout: argmax by reductions.
+        head = SegmentationHead(self._export_model, output_size, with_confidence, labels_by_reductions=True).eval()
         with torch.no_grad(), quiet_export():
             exported = torch.export.export(head, (example,))
             model = self._ov.convert_model(exported)
@@ -212,7 +232,7 @@ class OpenVINOEngine(InferenceEngine):
         model = self.convert(output_size, with_confidence)
         LOG.info("converted the %s head to OpenVINO in %.1f s", self.spec.config.model, time.perf_counter() - started)
         if self.precision == "int8":
-            model = self._quantize(model)
+            model = self._quantize(model, final_resize_outputs(model, output_size))
         return model
 
     def ir_path(self, output_size: tuple[int, int], with_confidence: bool = False) -> Path:
@@ -230,8 +250,9 @@ class OpenVINOEngine(InferenceEngine):
         self._ov.save_model(model, str(path.parent / IR_NAME), compress_to_fp16=False)  # see ir_path
         self._write_blob(path, model)
 
-    def _quantize(self, model):
-        """NNCF post-training int8 quantization on the configured calibration frames."""
+    def _quantize(self, model, float_operations: Sequence[str] = ()):
+        """NNCF post-training int8 quantization on the configured calibration frames; ``float_operations``
+        (names) and the head's own operations stay in floating point."""
         import nncf
 
         config = self.spec.config
@@ -241,7 +262,11 @@ class OpenVINOEngine(InferenceEngine):
                  config.calibration_data)
         quantized = nncf.quantize(
             model, nncf.Dataset(images, lambda image: image.numpy()), subset_size=config.calibration_frames,
-            target_device=nncf.TargetDevice[_NNCF_TARGETS[self.ov_device.split(".")[0]]])
+            target_device=nncf.TargetDevice[_NNCF_TARGETS[self.ov_device.split(".")[0]]],
+            # The final resize and the head's own operations (argmax, confidence) turn the logits into
+            # labels: int8 there makes near-equal classes tie and changes labels, for no time saved.
+            ignored_scope=nncf.IgnoredScope(names=list(float_operations), patterns=[HEAD_OPERATIONS],
+                                            validate=False))
         LOG.info("int8 calibration took %.1f s", time.perf_counter() - started)
         return quantized
 

@@ -108,7 +108,7 @@ def reference_preprocess(frame_rgb: np.ndarray, network_size: tuple[int, int]) -
 
 
 def labels_and_confidence(logits: torch.Tensor, want_confidence: bool, label_dtype: torch.dtype = torch.uint8,
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          labels_by_reductions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-pixel class ids and, if asked, the max softmax probability (float32), on device.
 
     ``logits`` is 1xCxHxW. The max softmax probability is ``1 / sum_c exp(l_c - max_c l)``: the
@@ -119,14 +119,26 @@ def labels_and_confidence(logits: torch.Tensor, want_confidence: bool, label_dty
     Args:
         label_dtype: dtype of the class ids. uint8 for every backend's output; the TensorRT backend
             asks for int32 (the cast TensorRT converts) and casts to uint8 outside its engine.
+        labels_by_reductions: compute the argmax as the smallest class index whose score equals the
+            per-pixel maximum (``amax``, ``==``, ``amin``): the same labels (the first maximum, as
+            ``argmax``), in reductions that OpenVINO's CPU plugin runs on its channels-last layout,
+            where its ``TopK`` needs the whole tensor reordered to planar first (MFARANet, 1024x2048
+            labels: the final resize and argmax went from 112 to 65 ms in fp32, 137 to 75 ms in int8).
     """
-    scores = logits[0]
-    labels = scores.argmax(dim=0).to(label_dtype)
+    # Reduce over the class axis of the 1xCxHxW tensor and drop the batch axis from the small results:
+    # selecting ``logits[0]`` first is a Gather of the full-size logits (a reference kernel in OpenVINO).
+    size = logits.shape[-2:]
+    scores = logits.float() if want_confidence else logits
+    best = scores.amax(dim=1, keepdim=True) if want_confidence or labels_by_reductions else None
+    if labels_by_reductions:
+        classes = torch.arange(logits.shape[1], dtype=torch.int32, device=logits.device).reshape(1, -1, 1, 1)
+        labels = torch.where(scores == best, classes, logits.shape[1]).amin(dim=1)
+    else:
+        labels = logits.argmax(dim=1)
+    labels = labels.reshape(size).to(label_dtype)
     if not want_confidence:
         return labels, None
-    scores = scores.float()
-    best = scores.amax(dim=0, keepdim=True)
-    total = torch.exp(scores - best).sum(dim=0)
+    total = torch.exp(scores - best).sum(dim=1).reshape(size)
     return labels, torch.reciprocal(total)
 
 

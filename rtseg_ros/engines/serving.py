@@ -7,6 +7,7 @@ engine while a new one builds) hold for any caller and are tested on their own.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -237,11 +238,16 @@ class BatchScheduler(Generic[Key, Item]):
     With ``batch_wait_s`` > 0 a batch that is not full waits up to that long (from its first item) for
     more sources, which trades latency for larger batches; 0 takes what is there.
 
+    Two stages: ``handle`` may return a callable, the rest of that batch's work (the per-frame finishes
+    and publishing after the network), which runs on a second thread while the next batch is taken and
+    its ``handle`` runs: the network of one batch and the finishes of the one before share the cores.
+    At most one rest runs at a time; the next waits for it, so work never piles up.
+
     Raises:
         ValueError: ``max_batch`` below 1 or a negative ``batch_wait_s``.
     """
 
-    def __init__(self, handle: Callable[[list[tuple[Key, Item]]], None], max_batch: int,
+    def __init__(self, handle: Callable[[list[tuple[Key, Item]]], Callable[[], None] | None], max_batch: int,
                  batch_wait_s: float = 0.0, name: str = "batch-scheduler") -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -255,6 +261,8 @@ class BatchScheduler(Generic[Key, Item]):
         self._turns: dict[Key, None] = {}
         self._stopping = False
         self._condition = threading.Condition()
+        self._rest = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-rest")
+        self._resting: concurrent.futures.Future | None = None  # the rest of the batch before
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -274,12 +282,22 @@ class BatchScheduler(Generic[Key, Item]):
             return self._pending.pop(key, None) is not None
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Finish the batch in hand, drop the pending items and end the thread."""
+        """Finish the batch in hand (and its rest), drop the pending items and end the threads."""
         with self._condition:
             self._stopping = True
             self._pending.clear()
             self._condition.notify()
         self._thread.join(timeout)
+        self._rest.shutdown(wait=not self._thread.is_alive())
+
+    def _hand_over(self, rest: Callable[[], None]) -> None:
+        """Run ``rest`` on the second thread once the rest before it is done."""
+        if self._resting is not None:
+            self._resting.result()  # never raises: _guarded logs
+        try:
+            self._resting = self._rest.submit(_guarded, rest)
+        except RuntimeError:  # stop() gave up waiting for this thread and shut the second one down
+            _guarded(rest)
 
     def _run(self) -> None:
         while True:
@@ -298,9 +316,12 @@ class BatchScheduler(Generic[Key, Item]):
                         return
                 batch = self._take_fair()
             try:
-                self._handle(batch)
+                rest = self._handle(batch)
             except Exception:  # noqa: BLE001 - the handler reports its own errors; this keeps the thread alive
                 _log.exception("batch handler failed")
+                continue
+            if rest is not None:
+                self._hand_over(rest)
 
     def _take_fair(self) -> list[tuple[Key, Item]]:
         """Up to ``max_batch`` waiting items, one per source, least recently served source first."""
@@ -309,3 +330,11 @@ class BatchScheduler(Generic[Key, Item]):
             self._turns.pop(key)
             self._turns[key] = None
         return [(key, self._pending.pop(key)) for key in keys]
+
+
+def _guarded(rest: Callable[[], None]) -> None:
+    # The rest reports its own errors; this keeps the scheduler's second thread alive.
+    try:
+        rest()
+    except Exception:  # noqa: BLE001
+        _log.exception("the rest of a batch failed")

@@ -27,6 +27,8 @@ from rtseg_ros.nets.checkpoint import WeightsError, weights_hash
 from rtseg_ros.user_cache import models_dir
 
 MANIFEST_NAME = "manifest.yaml"
+# The toy model shipped in models/ (a manifest entry): what `rtseg demo` runs and the toy int8 check uses.
+TOY_MODEL = "synthetic_toy"
 _SOURCE_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 

@@ -29,6 +29,7 @@ from rtseg_ros.datasets.labels import LabelSet
 from rtseg_ros.datasets.synthetic import HELD_OUT_FIRST_SEED
 from rtseg_ros.engines import SegmenterConfig
 from rtseg_ros.io.frames import FrameSourceError, is_bag, open_frames, synthetic_frames
+from rtseg_ros.nets.weights import TOY_MODEL
 from rtseg_ros.names import PARAMETERS, Topics
 from rtseg_ros.user_cache import cache_dir, models_dir
 from rtseg_ros.ros.node_process import (
@@ -58,8 +59,6 @@ __all__ = [
     "run_demo",
 ]
 
-# The toy model shipped in models/ (a models/manifest.yaml entry): what the demo runs by default.
-TOY_MODEL = "synthetic_toy"
 # Where the ``synthetic`` training recipe leaves a toy model it trains (`rtseg demo --retrain`).
 TOY_WEIGHTS = models_dir() / "synthetic_toy.pth"
 # The demo trains the toy model here (resume file, logs); only the finished weights go to TOY_WEIGHTS.

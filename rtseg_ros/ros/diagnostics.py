@@ -35,6 +35,9 @@ class StatisticsReport:
     published_in_period: int = 0
     # Seconds since the latest frame arrived; None before the first one.
     since_last_frame_s: float | None = None
+    # Of ``dropped``: the frames replaced in the middleware's queue before the node could take them
+    # (the frame thread was late), as against those replaced while waiting for the engine.
+    missed: int = 0
 
 
 class FrameStatistics:
@@ -46,7 +49,7 @@ class FrameStatistics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._received = self._published = self._dropped = self._bad = self._failed = 0
+        self._received = self._published = self._dropped = self._bad = self._failed = self._missed = 0
         self._period_start = time.monotonic()
         self._period_received = self._period_published = self._period_bad = self._period_failed = 0
         self._period_latencies: list[float] = []
@@ -60,6 +63,7 @@ class FrameStatistics:
             self._period_received += 1 + missed
             self._last_frame = time.monotonic()
             self._dropped += int(displaced_pending) + missed
+            self._missed += missed
 
     def frame_dropped(self) -> None:
         """A frame taken but not served (no engine ready for it yet)."""
@@ -106,6 +110,7 @@ class FrameStatistics:
                 failed_in_period=self._period_failed,
                 published_in_period=self._period_published,
                 since_last_frame_s=None if self._last_frame is None else now - self._last_frame,
+                missed=self._missed,
             )
             self._period_start = now
             self._period_received = self._period_published = self._period_bad = self._period_failed = 0
@@ -166,6 +171,7 @@ def diagnostic_status(
         "frames_received": str(report.received),
         "frames_published": str(report.published),
         "frames_dropped": str(report.dropped),
+        "frames_missed": str(report.missed),
         "frames_bad": str(report.bad),
         "frames_failed": str(report.failed),
         "since_last_frame_s": "nan" if since is None else f"{since:.1f}",

@@ -63,7 +63,12 @@ def declare_parameters(node: Node) -> None:
         ParameterError: a value given at start-up (``-p``, a params file) of the wrong type or out of
             range; the message names the parameter, the value and what is allowed.
     """
+    overrides = getattr(node, "_parameter_overrides", {})  # rclpy's -p/params-file values (Humble and Jazzy)
     for name, spec in PARAMETERS.items():
+        given = overrides.get(name)
+        if isinstance(spec.default, float) and given is not None and given.type_ == Parameter.Type.INTEGER:
+            # `-p batch_wait_ms:=5` arrives as an integer, which rclpy refuses for a number parameter.
+            overrides[name] = Parameter(name, Parameter.Type.DOUBLE, float(given.value))
         # An empty list says nothing of its type to rclpy (it would take it for a byte array): such a
         # parameter is declared by type, unset, and read_parameters gives the table's default.
         default = spec.default if spec.default != [] else _ARRAY_TYPES[spec.item_type]

@@ -22,7 +22,7 @@ import gc
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cv2
@@ -577,31 +577,58 @@ class SegmentationServer:
         self._publish(stream, frame, labels, confidence, segmenter, result, served_by,
                       _WaitingFrame(frame, received_ns, started_ns, decoded_ns), run_size, run_confidence)
 
-    def _serve_batch(self, batch: list[tuple[CameraStream, _WaitingFrame]]) -> None:
-        """Run the frames waiting from several cameras as one batch and publish each on its camera's topics."""
+    def _serve_batch(self, batch: list[tuple[CameraStream, _WaitingFrame]]) -> Callable[[], None] | None:
+        """Run the frames waiting from several cameras as one batch and publish each on its camera's topics.
+
+        On a CPU only the network runs here: the rest (each frame's finish, publishing) is returned for
+        the scheduler to run while the next batch's network runs (``BatchScheduler``'s two stages).
+        """
         engine = self._engine
         if engine is None or not self._active:
-            return
+            return None
         segmenter = engine.engine
         want_confidence = any(stream.wants_confidence() for stream, _ in batch)
         frames = [BatchFrame(waiting.frame.pixels, waiting.frame.color_order,
                              segmenter.output_size(tuple(waiting.frame.pixels.shape[:2])))
                   for _, waiting in batch]
         output_sizes = [frame.output_size for frame in frames]
-        if segmenter.is_batch_prepared(output_sizes, want_confidence):
-            try:
-                results: list[SegmentationResult | None] = list(segmenter.segment_batch(frames, want_confidence))
-                served_by = segmenter.config.backend
-            except Exception as exc:  # noqa: BLE001 - retried one by one below, so only a bad frame fails
-                self.logger.warning(f"a batch of {len(frames)} failed ({exc}); running its frames one by one",
-                                    throttle_duration_sec=LOG_THROTTLE_S)
-                results = [self._segment_alone(segmenter, stream, frame, want_confidence)
-                           for (stream, _), frame in zip(batch, frames)]
-        else:  # the batched engine (or a frame size's finish) is being built: eager PyTorch serves meanwhile
+        if not segmenter.is_batch_prepared(output_sizes, want_confidence):
+            # The batched engine (or a frame size's finish) is being built: eager PyTorch serves meanwhile.
             self._request_batch_variants(segmenter, output_sizes, want_confidence)
-            served_by = SERVED_BY_EAGER
             results = [self._segment_alone(segmenter, stream, frame, want_confidence, eager=True)
                        for (stream, _), frame in zip(batch, frames)]
+            self._publish_batch(batch, frames, results, segmenter, SERVED_BY_EAGER, want_confidence)
+            return None
+        try:
+            in_flight = segmenter.start_batch(frames, want_confidence)
+        except Exception as exc:  # noqa: BLE001 - retried one by one, so only a bad frame fails
+            self._batch_failed(batch, frames, segmenter, want_confidence, exc)
+            return None
+
+        def rest() -> None:
+            try:
+                results: list[SegmentationResult | None] = list(in_flight.finish())
+            except Exception as exc:  # noqa: BLE001 - retried one by one, so only a bad frame fails
+                self._batch_failed(batch, frames, segmenter, want_confidence, exc)
+                return
+            self._publish_batch(batch, frames, results, segmenter, segmenter.config.backend, want_confidence)
+
+        if segmenter.device.type == "cpu":
+            return rest
+        rest()  # on a GPU the network is asynchronous already, and compiled graphs may reuse their outputs
+        return None
+
+    def _batch_failed(self, batch: list[tuple[CameraStream, _WaitingFrame]], frames: list[BatchFrame],
+                      segmenter: Segmenter, want_confidence: bool, error: Exception) -> None:
+        self.logger.warning(f"a batch of {len(frames)} failed ({error}); running its frames one by one",
+                            throttle_duration_sec=LOG_THROTTLE_S)
+        results = [self._segment_alone(segmenter, stream, frame, want_confidence)
+                   for (stream, _), frame in zip(batch, frames)]
+        self._publish_batch(batch, frames, results, segmenter, segmenter.config.backend, want_confidence)
+
+    def _publish_batch(self, batch: list[tuple[CameraStream, _WaitingFrame]], frames: list[BatchFrame],
+                       results: list[SegmentationResult | None], segmenter: Segmenter, served_by: str,
+                       want_confidence: bool) -> None:
         for (stream, waiting), frame, result in zip(batch, frames, results):
             if result is None:
                 continue
@@ -626,24 +653,22 @@ class SegmentationServer:
     def _ready_variant(self, segmenter: Segmenter, frame_size: tuple[int, int], output_size: tuple[int, int],
                        want_confidence: bool) -> Variant | None:
         """The (output size, confidence) to run a frame with: what it needs if that is built, else the
-        closest variant that is (and what it needs gets built in the background); ``None`` while none is."""
+        closest built variant that gives the same outputs (what it needs gets built in the background);
+        ``None`` while none is, and eager PyTorch serves (:func:`closest_variant` chooses)."""
         if segmenter.is_prepared(output_size, want_confidence):
             return output_size, want_confidence
         self._request_variant(frame_size, want_confidence)
-        prepared = segmenter.prepared
-        if not prepared:
+        failed = ((frame_size[0], frame_size[1]), want_confidence) in self._failed_variants
+        chosen = closest_variant(segmenter.prepared, output_size, want_confidence, failed)
+        if chosen is None:
             return None
-        area = output_size[0] * output_size[1]
-        size, confidence = min(prepared, key=lambda variant: (
-            variant[1] != want_confidence, variant[0] != output_size, abs(variant[0][0] * variant[0][1] - area)))
+        size, confidence = chosen
         if (output_size, want_confidence) not in self._fallbacks_logged:
             self._fallbacks_logged.add((output_size, want_confidence))
-            needs = "labels+confidence" if want_confidence else "labels"
             self.logger.info(
-                f"{needs} at {output_size[0]}x{output_size[1]}: served from the {size[0]}x{size[1]} "
-                f"{'labels+confidence' if confidence else 'labels'} engine"
-                f"{', resized' if size != output_size else ''}{'' if confidence or not want_confidence else ', no confidence'}"
-                f" until its own engine is built")
+                f"{'labels+confidence' if want_confidence else 'labels'} at {output_size[0]}x{output_size[1]}: "
+                f"served from the {size[0]}x{size[1]} {'labels+confidence' if confidence else 'labels'} engine"
+                f"{', resized' if size != output_size else ''} until its own engine is built")
         return size, confidence
 
     def _publish(self, stream: CameraStream, frame: DecodedFrame, labels: np.ndarray, confidence: np.ndarray | None,
@@ -693,6 +718,25 @@ class SegmentationServer:
                     for stream in self._streams]
         header = Header(stamp=self.node.get_clock().now().to_msg())
         self._diagnostics_pub.publish(DiagnosticArray(header=header, status=statuses))
+
+
+def closest_variant(prepared: Iterable[Variant], output_size: tuple[int, int], want_confidence: bool,
+                    own_build_failed: bool = False) -> Variant | None:
+    """The built variant to serve a frame with while its own (``output_size``, ``want_confidence``) builds.
+
+    The same outputs first, then the same size, then the nearest area. A frame whose confidence is
+    subscribed is never served by a labels-only variant (``None``: eager PyTorch serves it), because a
+    consumer pairing labels with confidence by stamp (Nav2's layer) would drop every such frame; only
+    when that frame's own build has failed (``own_build_failed``) do labels alone beat eager for ever.
+    """
+    prepared = list(prepared)
+    candidates = [variant for variant in prepared if variant[1] or not want_confidence] or \
+        (prepared if own_build_failed else [])
+    if not candidates:
+        return None
+    area = output_size[0] * output_size[1]
+    return min(candidates, key=lambda variant: (
+        variant[1] != want_confidence, variant[0] != output_size, abs(variant[0][0] * variant[0][1] - area)))
 
 
 def _engine_error_message(config: SegmenterConfig, error: Exception) -> str:
