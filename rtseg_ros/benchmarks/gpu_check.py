@@ -225,19 +225,24 @@ def run_network_checks(check: Check, key: str, size: tuple[int, int], frame: np.
     check.step(key, label, "int8 export audit", audit_int8)
 
 
+def _tensorrt_imports(check: Check, key: str, label: str, step: str) -> bool:
+    """Whether torch_tensorrt imports; if not, ``step`` is recorded as skipped with the reason."""
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        check.rows.append(Row(key, label, step, "skipped",
+                              details={"reason": f"torch_tensorrt does not import: {type(exc).__name__}: {exc}"}))
+        return False
+    return True
+
+
 def run_segmenter_checks(check: Check, key: str, size: tuple[int, int], frame: np.ndarray,
                          cache_dir: Path) -> None:
     name, scales = NETWORKS[key]
     label = f"{size[0]}x{size[1]}"
     backends = [("torch", "fp32" if check.dry_run else "fp16")]
-    if check.device.type == "cuda":
-        try:
-            import torch_tensorrt  # noqa: F401
-        except Exception as exc:  # noqa: BLE001 - reported, not fatal
-            check.rows.append(Row(key, label, "tensorrt fp16", "skipped",
-                                  details={"reason": f"torch_tensorrt does not import: {type(exc).__name__}: {exc}"}))
-        else:
-            backends.append(("tensorrt", "fp16"))
+    if check.device.type == "cuda" and _tensorrt_imports(check, key, label, "tensorrt fp16"):
+        backends.append(("tensorrt", "fp16"))
 
     for backend, precision in backends:
         def segment(backend: str = backend, precision: str = precision) -> Row:
@@ -274,12 +279,7 @@ def run_batch_checks(check: Check, size: tuple[int, int], frame_size: tuple[int,
             "reason": "dry run: inductor compiles for minutes on a CPU"}))
     else:
         backends = [("torch", "fp16"), ("compile", "fp16")]
-        try:
-            import torch_tensorrt  # noqa: F401
-        except Exception as exc:  # noqa: BLE001 - reported, not fatal
-            check.rows.append(Row(BATCH_NETWORK, label, "batch tensorrt fp16", "skipped",
-                                  details={"reason": f"torch_tensorrt does not import: {type(exc).__name__}: {exc}"}))
-        else:
+        if _tensorrt_imports(check, BATCH_NETWORK, label, "batch tensorrt fp16"):
             backends.append(("tensorrt", "fp16"))
 
     for backend, precision in backends:

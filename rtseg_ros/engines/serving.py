@@ -24,7 +24,37 @@ Engine = TypeVar("Engine")
 Config = TypeVar("Config")
 
 
-class LatestFrameWorker(Generic[Item]):
+class _PendingWorker:
+    """A thread that works through ``self._pending`` (set by the subclass before :meth:`_start`) until
+    stopped: the wait, the stop and the guard the two serving policies below share."""
+
+    def __init__(self, name: str) -> None:
+        self._stopping = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Finish the work in hand, drop what is pending and end the thread."""
+        with self._condition:
+            self._stopping = True
+            self._pending.clear()
+            self._condition.notify()
+        self._thread.join(timeout)
+
+    def _wait_for_pending(self) -> bool:
+        """Wait (condition held) until something is pending; False once stopping."""
+        while not self._pending and not self._stopping:
+            self._condition.wait()
+        return not self._stopping
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class LatestFrameWorker(_PendingWorker, Generic[Item]):
     """Runs ``handle(item)`` on its own thread for the newest ``depth`` submitted items.
 
     With ``depth`` 1 there is one pending slot: an item submitted while another is still pending
@@ -40,13 +70,11 @@ class LatestFrameWorker(Generic[Item]):
     def __init__(self, handle: Callable[[Item], None], name: str = "latest-frame-worker", depth: int = 1) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        super().__init__(name)
         self._handle = handle
         self._pending: collections.deque[Item] = collections.deque()
         self._depth = depth
-        self._stopping = False
-        self._condition = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._start()
 
     def submit(self, item: Item) -> bool:
         """Queue ``item``; returns True if that dropped the oldest pending item."""
@@ -58,20 +86,10 @@ class LatestFrameWorker(Generic[Item]):
             self._condition.notify()
         return displaced
 
-    def stop(self, timeout: float | None = 5.0) -> None:
-        """Finish the item in hand, drop the pending ones and end the thread."""
-        with self._condition:
-            self._stopping = True
-            self._pending.clear()
-            self._condition.notify()
-        self._thread.join(timeout)
-
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._pending and not self._stopping:
-                    self._condition.wait()
-                if self._stopping:
+                if not self._wait_for_pending():
                     return
                 item = self._pending.popleft()
             # The handler reports its own errors; this guard only keeps the thread alive.
@@ -224,7 +242,7 @@ class EngineSwapper(Generic[Config, Engine]):
         self._on_swap(config)
 
 
-class BatchScheduler(Generic[Key, Item]):
+class BatchScheduler(_PendingWorker, Generic[Key, Item]):
     """Many sources, one handler: the newest item of every source that has one waiting, as one batch.
 
     The multi-camera policy (one engine for N cameras, the way a stream muxer feeds a batched
@@ -253,18 +271,16 @@ class BatchScheduler(Generic[Key, Item]):
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if batch_wait_s < 0:
             raise ValueError(f"batch_wait_s must not be negative, got {batch_wait_s}")
+        super().__init__(name)
         self._handle = handle
         self._max_batch = max_batch
         self.batch_wait_s = batch_wait_s  # read per batch: a parameter change takes effect at once
         self._pending: dict[Key, Item] = {}
         # Sources by when they were last served, least recently first (insertion order of the dict).
         self._turns: dict[Key, None] = {}
-        self._stopping = False
-        self._condition = threading.Condition()
         self._rest = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-rest")
         self._resting: concurrent.futures.Future | None = None  # the rest of the batch before
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._start()
 
     def submit(self, key: Key, item: Item) -> bool:
         """Make ``item`` the one waiting for ``key``; returns True if it replaced one not yet handled."""
@@ -283,11 +299,7 @@ class BatchScheduler(Generic[Key, Item]):
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Finish the batch in hand (and its rest), drop the pending items and end the threads."""
-        with self._condition:
-            self._stopping = True
-            self._pending.clear()
-            self._condition.notify()
-        self._thread.join(timeout)
+        super().stop(timeout)
         self._rest.shutdown(wait=not self._thread.is_alive())
 
     def _hand_over(self, rest: Callable[[], None]) -> None:
@@ -302,9 +314,7 @@ class BatchScheduler(Generic[Key, Item]):
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._pending and not self._stopping:
-                    self._condition.wait()
-                if self._stopping:
+                if not self._wait_for_pending():
                     return
                 wait_s = self.batch_wait_s
                 if wait_s > 0:
