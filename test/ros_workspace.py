@@ -68,6 +68,16 @@ def install_prefix() -> Path:
     return colcon_workspace() / "install" / "rtseg_ros"
 
 
+def installed_launch_file(name: str) -> Path:
+    """The package's launch file ``name`` in the colcon install, with the install put on
+    ``AMENT_PREFIX_PATH`` as ``source install/setup.bash`` does, so launch_ros finds the package and its
+    executable (for launch_testing, which launches in the test's own process)."""
+    prefix = install_prefix()
+    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
+        [str(prefix), *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep))])
+    return prefix / "share" / "rtseg_ros" / "launch" / name
+
+
 def in_workspace(command: str) -> list[str]:
     """``command`` (a shell line, as typed) run by bash after ``source install/setup.bash``."""
     setup = colcon_workspace() / "install" / "setup.bash"

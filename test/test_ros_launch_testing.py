@@ -8,7 +8,6 @@ and runs the post-shutdown tests (exit code 0). Skips, with the reason, without 
 """
 from __future__ import annotations
 
-import os
 import unittest
 
 import numpy as np
@@ -36,11 +35,7 @@ if not REASON:
 @pytest.mark.launch_test
 def generate_test_description():
     """segmentation.launch.py from the colcon install (default config, small input) in a namespace."""
-    prefix = ros_workspace.install_prefix()
-    # What `source install/setup.bash` does for launch_ros: find the package and its executable.
-    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
-        [str(prefix), *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep))])
-    launch_file = prefix / "share" / "rtseg_ros" / "launch" / "segmentation.launch.py"
+    launch_file = ros_workspace.installed_launch_file("segmentation.launch.py")
     segmentation = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(launch_file)),
         launch_arguments={"namespace": NAMESPACE.strip("/"), "image_topic": f"{NAMESPACE}/camera/image_raw",

@@ -8,7 +8,6 @@ activate and after cleanup is printed (the issue's note reports it). Skips witho
 """
 from __future__ import annotations
 
-import os
 import time
 import unittest
 from pathlib import Path
@@ -44,10 +43,7 @@ def _managed_node(launch_file: Path, name: str, **arguments: str) -> "IncludeLau
 @pytest.mark.skipif(bool(REASON), reason=REASON or "runs")
 @pytest.mark.launch_test
 def generate_test_description():
-    prefix = ros_workspace.install_prefix()
-    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
-        [str(prefix), *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep))])
-    launch_file = prefix / "share" / "rtseg_ros" / "launch" / "segmentation.launch.py"
+    launch_file = ros_workspace.installed_launch_file("segmentation.launch.py")
     return LaunchDescription([
         _managed_node(launch_file, MANAGED),
         _managed_node(launch_file, BROKEN, weights="/nonexistent/weights.pth"),

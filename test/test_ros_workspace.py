@@ -215,16 +215,21 @@ def test_compressed_input_subscribes_to_the_compressed_topic(tmp_path: Path) -> 
     assert code == 0, launch.log()[-3000:]
 
 
+def _wait_for_each_camera_s_labels(cameras: "Cameras", launch: "Launch") -> None:
+    """Labels come for every camera, each with that camera's own frame_id."""
+    for ns, listener in cameras.listeners.items():
+        cameras.wait(lambda listener=listener: listener.ready and listener.stats(_labels(listener)).count > 0,
+                     STARTUP_S, f"labels of the {ns} camera", launch)
+    for ns, listener in cameras.listeners.items():
+        labels = listener.messages[_labels(listener)][-1][1]
+        assert labels.header.frame_id == f"camera_{ns.strip('/')}"
+
+
 def test_multi_camera_launch_serves_both_cameras_from_one_node(tmp_path: Path) -> None:
     launch = Launch(f"rtseg_ros multi_camera.launch.py {QUICK}", tmp_path / "multi.log")
     cameras = Cameras({"/front": "/front/camera/image_raw", "/rear": "/rear/camera/image_raw"})
     try:
-        for ns, listener in cameras.listeners.items():
-            cameras.wait(lambda listener=listener: listener.ready and listener.stats(_labels(listener)).count > 0,
-                         STARTUP_S, f"labels of the {ns} camera", launch)
-        for ns, listener in cameras.listeners.items():
-            labels = listener.messages[_labels(listener)][-1][1]
-            assert labels.header.frame_id == f"camera_{ns.strip('/')}"  # each camera's own frames
+        _wait_for_each_camera_s_labels(cameras, launch)
     finally:
         cameras.close()
         code = launch.stop()
@@ -239,13 +244,8 @@ def test_multi_camera_launch_one_node_per_camera(tmp_path: Path) -> None:
     launch = Launch(f"rtseg_ros multi_camera.launch.py one_node_per_camera:=true {QUICK}", tmp_path / "multi.log")
     cameras = Cameras({"/front": "/front/camera/image_raw", "/rear": "/rear/camera/image_raw"})
     try:
+        _wait_for_each_camera_s_labels(cameras, launch)
         for ns, listener in cameras.listeners.items():
-            cameras.wait(lambda listener=listener: listener.ready and listener.stats(_labels(listener)).count > 0,
-                         STARTUP_S, f"labels of the {ns} node", launch)
-        for ns, listener in cameras.listeners.items():
-            labels = listener.messages[_labels(listener)][-1][1]
-            # Each node serves its own camera: the labels carry that camera's frame_id.
-            assert labels.header.frame_id == f"camera_{ns.strip('/')}"
             cameras.wait(lambda listener=listener: listener.status_count > 0, 30.0, f"{ns} diagnostics", launch)
             assert listener.node_path == f"{ns}/segmentation_node"
     finally:

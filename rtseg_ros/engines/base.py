@@ -135,6 +135,19 @@ class SegmentationHead(nn.Module):
         return (labels, confidence) if self.with_confidence else labels
 
 
+def batch_example(network_size: tuple[int, int], max_batch: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The example batch a batched body is exported with: 2 images (1 when ``max_batch`` is 1), since an
+    example of 1 would specialise the exported graph to batch 1."""
+    return torch.zeros((min(max_batch, 2), 3, *network_size), dtype=dtype, device=device)
+
+
+def batch_dynamic_shapes(max_batch: int) -> dict[str, dict[int, Any]] | None:
+    """``dynamic_shapes`` of a batched body's export: the batch of its ``image`` input 1 to ``max_batch``
+    (static when that is 1); height and width stay static, which keeps the pooling grids exact."""
+    return {"image": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if max_batch > 1 else None
+
+
 class NetworkBody(nn.Module):
     """The batched part of :meth:`Segmenter.segment_batch`: a Bx3xHxW batch at the network size in, the
     network's logits before its final resize out (BxCxhxw at its output stride)."""

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine, LogitsFinish, NetworkBody, SegmentationHead
+from rtseg_ros.engines.base import (
+    EngineSpec, InferenceEngine, LogitsFinish, NetworkBody, SegmentationHead, batch_dynamic_shapes, batch_example,
+)
 from rtseg_ros.engines.cache import ArtifactCache
 from rtseg_ros.engines.config import ConfigError
 from rtseg_ros.engines.quiet_export import quiet_export
@@ -105,14 +107,12 @@ class OnnxRuntimeEngine(InferenceEngine):
         return _BatchSessionRunner(session, (self.spec.num_classes, *self.spec.logits_size))
 
     def _export_body(self, path: Path) -> None:
-        batch = min(self.max_batch, 2)  # an example of 1 would fix the batch size at 1
-        example = torch.zeros((batch, 3, *self.network_size), dtype=torch.float32)
-        dynamic = ({"image": {0: torch.export.Dim("batch", min=1, max=self.max_batch)}}
-                   if self.max_batch > 1 else None)
+        example = batch_example(self.network_size, self.max_batch)
         with torch.no_grad(), quiet_export():
             torch.onnx.export(NetworkBody(self._export_model).eval(), (example,), str(path), dynamo=True,
                               opset_version=OPSET, input_names=[IMAGE], output_names=[LOGITS],
-                              dynamic_shapes=dynamic, external_data=False, verbose=False)
+                              dynamic_shapes=batch_dynamic_shapes(self.max_batch), external_data=False,
+                              verbose=False)
 
     def _build_finish(self, output_size: tuple[int, int], with_confidence: bool) -> Callable[[torch.Tensor], Any]:
         """ONNX Runtime's own resize and argmax at ``output_size``: a small export per output size."""

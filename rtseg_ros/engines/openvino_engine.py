@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine, LogitsFinish, NetworkBody, SegmentationHead
+from rtseg_ros.engines.base import (
+    EngineSpec, InferenceEngine, LogitsFinish, NetworkBody, SegmentationHead, batch_dynamic_shapes, batch_example,
+)
 from rtseg_ros.engines.cache import ArtifactCache
 from rtseg_ros.engines.calibration import CalibrationImages, calibration_key
 from rtseg_ros.engines.config import ConfigError, openvino_device_name, openvino_device_present
@@ -279,13 +281,10 @@ class OpenVINOEngine(InferenceEngine):
         return _BatchInferRunner(self._ov, compiled, (self.spec.num_classes, *self.spec.logits_size))
 
     def _build_body_blob(self, path: Path) -> None:
-        batch = min(self.max_batch, 2)  # an example of 1 would fix the batch size at 1
-        example = torch.zeros((batch, 3, *self.network_size), dtype=torch.float32)
-        dynamic = ({"image": {0: torch.export.Dim("batch", min=1, max=self.max_batch)}}
-                   if self.max_batch > 1 else None)
+        example = batch_example(self.network_size, self.max_batch)
         with torch.no_grad(), quiet_export():
             exported = torch.export.export(NetworkBody(self._export_model).eval(), (example,),
-                                           dynamic_shapes=dynamic)
+                                           dynamic_shapes=batch_dynamic_shapes(self.max_batch))
             model = self._ov.convert_model(exported)
         # The converter leaves height and width dynamic too; static ones keep the pooling grids folded.
         model.reshape([self._ov.Dimension(1, self.max_batch), 3, *self.network_size])

@@ -36,7 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rtseg_ros.engines.base import EngineSpec, InferenceEngine, NetworkBody, SegmentationHead
+from rtseg_ros.engines.base import (
+    EngineSpec, InferenceEngine, NetworkBody, SegmentationHead, batch_dynamic_shapes, batch_example,
+)
 from rtseg_ros.engines.cache import ArtifactCache, graph_source_sha256
 from rtseg_ros.engines.config import ConfigError
 from rtseg_ros.engines.preprocessing import Preprocessor, frame_to_device
@@ -92,15 +94,8 @@ def export_body(module: nn.Module, example: torch.Tensor, max_batch: int) -> tor
     """``torch.export`` of a batched body as the backend does it: the batch dimension dynamic, 1 to
     ``max_batch`` (static when that is 1), height and width static. ``example`` needs a batch of 2 or
     more when ``max_batch`` is (an example of 1 would specialise the graph to 1)."""
-    dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if max_batch > 1 else None
     with torch.no_grad():
-        return torch.export.export(module, (example,), dynamic_shapes=dynamic, strict=False)
-
-
-def batch_example(network_size: tuple[int, int], max_batch: int, dtype: torch.dtype,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """The example batch :func:`export_body` traces with: 2 images (1 when ``max_batch`` is 1)."""
-    return torch.zeros((min(max_batch, 2), 3, *network_size), dtype=dtype, device=device)
+        return torch.export.export(module, (example,), dynamic_shapes=batch_dynamic_shapes(max_batch), strict=False)
 
 
 def batch_input(trt: Any, network_size: tuple[int, int], max_batch: int, dtype: torch.dtype) -> Any:
