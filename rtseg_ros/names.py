@@ -53,6 +53,9 @@ BACKEND_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("openvino", "onnxruntime", "compile", "torch"),
     "cuda": ("tensorrt", "compile", "torch"),
 }
+# The device setting "auto" takes CUDA when torch sees a CUDA GPU and the other settings run there, else
+# the CPU; the Segmenter logs the choice (and, when it passes over a GPU, why).
+AUTO_DEVICE = "auto"
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 OUTPUT_RESOLUTIONS: tuple[str, ...] = ("input", "network")
 # Besides those, output_resolution takes a fixed label size, written width first as cameras state theirs
@@ -273,7 +276,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "precision": ParameterSpec(
         "fp32", "Numeric precision of the engine.", choices=PRECISIONS, config_field="precision"),
     "device": ParameterSpec(
-        "cpu", "Compute device: cpu, cuda or cuda:N; gpu, gpu.N or npu for an Intel GPU/NPU (openvino backend).",
+        AUTO_DEVICE, f"Compute device: cpu, cuda or cuda:N; gpu, gpu.N or npu for an Intel GPU/NPU (openvino "
+        f"backend); '{AUTO_DEVICE}': cuda when torch sees a CUDA GPU and the other settings run there, else cpu "
+        "(the node logs the choice).",
         config_field="device"),
     "output_resolution": ParameterSpec(
         "input", f"Size of the published labels and confidence (segmentation/camera_info is scaled to it): 'input' "

@@ -99,3 +99,24 @@ def test_the_network_alone_and_inside_the_node_are_timed_on_the_same_frames(repo
     # The user's figure: the labels come after the network's own time, so the difference is what the node adds.
     assert alone["labels_latency_ms"]["p50"] > alone["labels_latency_minus_alone_ms"]["p50"]
     assert "network alone vs inside the node" in output
+
+
+def test_a_preset_file_sets_the_rows(tmp_path) -> None:
+    """--params-file: the Nav2 preset's network, output size, camera size and confidence encoding."""
+    from rtseg_ros.benchmarks.node import preset_cases
+
+    repository = Path(__file__).resolve().parents[1]
+    config, settings, cases = preset_cases(repository / "config" / "nav2_semantic_layer.yaml", "onnxruntime")
+    assert (config.backend, config.output_resolution) == ("onnxruntime", "640x480")
+    assert [(case.frame_size, case.outputs, case.confidence_encoding) for case in cases] == [
+        ((720, 1280), "labels", cases[0].confidence_encoding), ((720, 1280), "labels+confidence", "mono8")]
+    assert "confidence_encoding" not in settings and "camera_width" not in settings
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("/**:\n  ros__parameters:\n    frobnicate: 1\n")
+    from click.testing import CliRunner
+
+    from rtseg_ros.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "node", "--params-file", str(wrong)])
+    assert result.exit_code == 2 and "frobnicate" in result.output, result.output

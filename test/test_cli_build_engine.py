@@ -4,6 +4,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
+import shutil
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -74,9 +77,36 @@ def test_options_override_the_params_file_and_labels_only_builds_one_engine(tmp_
         _params_file(tmp_path, backend="openvino"), "-p", "backend=onnxruntime", "-p", "output_resolution:=network",
         "--labels-only", "--cache-dir", str(cache_dir), "--threads", "2"])
     assert result.exit_code == 0, result.output
+    # Labels only, on a CPU: ONNX Runtime runs the network body and labels come cell by cell, so the one
+    # engine is the body (no output size in its key: it serves every size).
     (key,) = _engines(cache_dir, "onnx").values()
-    assert key["output_size"] == list(NETWORK) and key["outputs"] == ["labels"]
+    assert key["part"].startswith("network body") and key["input_size"] == list(NETWORK) and key["max_batch"] == 1
     assert "labels+confidence" not in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime ('rtseg_ros[onnx]')")
+@pytest.mark.slow
+def test_an_export_prints_no_third_party_noise_and_random_weights_hit_the_cache(tmp_path):
+    # As a user runs it (its own process, its own logging set-up): pytest's log capture would hide what
+    # the command's root handler prints.
+    rtseg = shutil.which("rtseg")
+    assert rtseg, "the rtseg console script is not on PATH (pip install -e .)"
+    command = [rtseg, "build-engine", _params_file(tmp_path), "-p", "backend=onnxruntime", "--camera-size", "64x128",
+               "--labels-only", "--cache-dir", str(tmp_path / "cache"), "--threads", "2"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0 and "labels: built in" in output, output
+    # The package's own INFO lines stay (the build and how long it took) ...
+    assert re.search(r"^INFO rtseg_ros\.engines\.cache: built ONNX export", output, re.MULTILINE), output
+    # ... the exporter's libraries' INFO lines (hundreds per export at INFO) and torchvision notices do not.
+    noise = [line for line in output.splitlines()
+             if re.match(r"INFO (onnx_ir|onnxscript)", line) or "torchvision is not installed" in line]
+    assert not noise, "\n".join(noise[:5])
+    # No weights: the fixed-seed random weights, so the next run (or a node) finds the engine, and the
+    # warning says they are untrained, not that nothing is reused.
+    assert "UNTRAINED random weights (fixed seed" in output and "not reused" not in output
+    again = CliRunner().invoke(build_engine, command[2:])
+    assert again.exit_code == 0 and "labels: loaded from the cache" in again.output, again.output
 
 
 def test_the_torch_backend_has_nothing_to_build(tmp_path):
@@ -84,8 +114,8 @@ def test_the_torch_backend_has_nothing_to_build(tmp_path):
                                                "96x160", "--labels-only", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert "nothing to build" in result.output
-    # Without weights every start draws new random weights, which no cached engine matches: said so.
-    assert "no weights set" in result.output
+    # Without weights the engines run untrained (fixed-seed) random weights: said loudly.
+    assert "no weights set" in result.output and "UNTRAINED" in result.output
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

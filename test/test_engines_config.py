@@ -161,13 +161,53 @@ def test_every_engine_parameter_sets_a_config_field():
     for name in ENGINE_PARAMETERS:
         field = fields[PARAMETERS[name].config_field]
         default = field.default if field.default is not None else ""
-        if name == "backend":
-            # The one deliberate difference: a node picks the fastest backend installed, the Python API
-            # (scripts, tests, rtseg eval) runs eagerly with nothing to export.
-            assert (PARAMETERS[name].default, default) == ("auto", "torch")
+        if name in ("backend", "device"):
+            # The two deliberate differences: a node picks the fastest backend installed and a CUDA GPU
+            # where there is one, the Python API (scripts, tests, rtseg eval) runs eagerly with nothing to
+            # export, on the CPU unless it asks for a device.
+            assert (PARAMETERS[name].default, default) == ("auto", {"backend": "torch", "device": "cpu"}[name])
             continue
         # The parameter's default is the config's default, in the parameter's type.
         assert PARAMETERS[name].default == (list(default) if isinstance(default, tuple) else default), name
+
+
+def test_device_auto_takes_cuda_where_torch_sees_one_and_the_settings_run_there(monkeypatch):
+    from rtseg_ros.engines.config import resolve_device
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("rtseg_ros.engines.config")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the logger's enabled-for cache
+    logger.addHandler(handler)
+    try:
+        config = SegmenterConfig.from_parameters({})  # a node's defaults
+        assert config.device == "auto"
+        config.check()
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert resolve_device(config).device == "cpu"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+        assert resolve_device(config).device == "cuda"
+        # Settings that do not run on CUDA keep the CPU, and the log says why the GPU was passed over.
+        assert resolve_device(SegmenterConfig(device="auto", backend="openvino")).device == "cpu"
+        # Set devices are kept as they are.
+        assert resolve_device(SegmenterConfig(device="cpu")).device == "cpu"
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [(record.levelno, record.getMessage()) for record in records]
+    assert messages[:2] == [(logging.INFO, "device auto: using cpu (torch sees no CUDA GPU)"),
+                            (logging.INFO, "device auto: using cuda (Test GPU)")]
+    assert messages[2][0] == logging.WARNING and messages[2][1].startswith(
+        "device auto: using cpu although a CUDA GPU is present; cuda cannot run these settings: the openvino backend")
+    assert len(messages) == 3
+    # Valid when one of the devices it may take runs the settings; else both reasons are given.
+    SegmenterConfig(device="auto", precision="fp16").validate()
+    with pytest.raises(ConfigError, match=r"device auto: neither device takes these settings \(cuda: the openvino"):
+        SegmenterConfig(device="auto", backend="openvino", precision="fp16").validate()
 
 
 def test_node_parameters_round_trip():
@@ -183,7 +223,7 @@ def test_node_parameters_round_trip():
     assert SegmenterConfig.from_parameters(values) == config
     # Empty paths are "none"; node-only parameters are ignored; missing ones take their defaults.
     defaults = SegmenterConfig.from_parameters({"weights": "", "publish_overlay": False, "scales": [2]})
-    assert defaults == SegmenterConfig(scales=(2,), backend="auto")  # a node's defaults: backend auto
+    assert defaults == SegmenterConfig(scales=(2,), backend="auto", device="auto")  # a node's defaults: auto
     assert SegmenterConfig().to_parameters()["weights"] == ""
     # rclpy hands integer arrays over as array.array; a single integer is a one-element list.
     import array

@@ -277,7 +277,7 @@ def run_multi_camera_bench(config: SegmenterConfig, cameras: int, *, frame_size:
     separate = _run_layout("separate_nodes", config, names, frames, rate_hz, warmup_s, duration_s, settings, folder)
     served = [camera["served_fps"] for camera in one["cameras"].values()]
     return {
-        "settings": {**config.to_bench_fields(), "cameras": cameras, "frame_size": list(frame_size),
+        "settings": {**config.to_bench_fields(), "weights": config.weights or "random (fixed seed)", "cameras": cameras, "frame_size": list(frame_size),
                      "rate_hz_per_camera": rate_hz, "warmup_s": warmup_s, "duration_s": duration_s,
                      "node_settings": settings},
         "one_node": one,

@@ -39,6 +39,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,37 @@ def default_cases(frame_size: tuple[int, int] = FRAME_SIZES[0]) -> list[NodeCase
             NodeCase(frame_size, "rgb8", "labels+confidence", "mono8"),
             NodeCase(frame_size, "rgb8", "labels+confidence", "32FC1"),
             NodeCase(frame_size, "rgb8", "labels+confidence+overlay", "32FC1")]
+
+
+def preset_cases(params_file: str | Path, backend: str,
+                 encodings: Iterable[str] = ("rgb8",)) -> tuple[Any, dict[str, Any], list[NodeCase]]:
+    """The engine config, node-only settings and rows of a node params file (a preset): labels, and labels
+    with the file's confidence encoding, at the file's camera size.
+
+    Raises:
+        click.BadParameter: the file is no params file or sets an unknown parameter.
+    """
+    import click
+
+    from rtseg_ros.engines import SegmenterConfig
+    from rtseg_ros.engines.config import ConfigError
+    from rtseg_ros.names import PARAMETERS
+    from rtseg_ros.ros.node_process import read_params_file
+
+    try:
+        values = read_params_file(params_file)
+        config = SegmenterConfig.from_parameters({**values, "backend": backend})
+    except (ValueError, ConfigError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--params-file") from None
+    size = (int(values.get("camera_height", PARAMETERS["camera_height"].default) or FRAME_SIZES[0][0]),
+            int(values.get("camera_width", PARAMETERS["camera_width"].default) or FRAME_SIZES[0][1]))
+    confidence = str(values.get("confidence_encoding", PARAMETERS["confidence_encoding"].default))
+    # The rows set confidence_encoding themselves; the camera size is the frames'.
+    settings = {name: value for name, value in values.items() if not PARAMETERS[name].config_field
+                and name not in ("confidence_encoding", "camera_height", "camera_width")}
+    cases = [case for encoding in encodings for case in (
+        NodeCase(size, encoding, "labels"), NodeCase(size, encoding, "labels+confidence", confidence))]
+    return config, settings, cases
 
 
 def full_cases(frame_sizes: Iterable[tuple[int, int]] = FRAME_SIZES,
@@ -698,6 +730,10 @@ def _cli() -> Any:
     @click.option("--model", default="atonet", type=click.Choice(MODEL_NAMES), help="Network of the latency rows.")
     @click.option("--resolution", default="256x512", help="Network input size of the latency rows, HEIGHTxWIDTH.")
     @click.option("--backend", default="torch", type=click.Choice(BACKENDS), help="Backend of both nodes.")
+    @click.option("--weights", default="",
+                  help="Weights of every node (a path or a manifest name such as synthetic_toy; empty: the "
+                       "fixed-seed random weights). The network's time does not depend on them; labels by cells "
+                       "do (a trained model's labels come in regions, random weights' change from pixel to pixel).")
     @click.option("--output-resolution", default=OUTPUT_RESOLUTIONS[0], callback=output_resolution_callback,
                   help="Labels at the camera frame's size (input), the network's, or WIDTHxHEIGHT (a depth "
                        "camera's, as the Nav2 preset: --output-resolution 640x480 -p confidence_encoding=mono8).")
@@ -728,11 +764,16 @@ def _cli() -> Any:
     @click.option("--camera-frame-size", default="480x640", help="--cameras: each camera's frame size, HxW.")
     @click.option("--camera-duration", default=10.0, type=click.FloatRange(min=1.0),
                   help="--cameras: seconds measured per layout (after 3 s of warm-up).")
+    @click.option("--params-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                  help="A node params file (a preset such as config/nav2_semantic_layer.yaml): its model, input "
+                       "size and output_resolution replace the options above, its camera size is the frame size, "
+                       "its node-only parameters apply, and the rows are labels and labels + its confidence "
+                       "encoding. --backend still picks the backend.")
     @click.option("--log-dir", type=click.Path(file_okay=False), default=".", help="Where the node logs go.")
     @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON here.")
-    def node(model, resolution, backend, output_resolution, frame_sizes, encodings, full, frames, warmup,
+    def node(model, resolution, backend, weights, output_resolution, frame_sizes, encodings, full, frames, warmup,
              rate_resolution, rate_frame_size, rate_duration, params, subscriber, alone_frames, cameras, camera_rate,
-             camera_frame_size, camera_duration, log_dir, json_path) -> None:
+             camera_frame_size, camera_duration, params_file, log_dir, json_path) -> None:
         """Overhead of the segmentation node around its Segmenter, and the highest camera rate it serves.
 
         Starts the real node, feeds it pre-serialised frames and reports, per row, the Segmenter's time,
@@ -747,24 +788,32 @@ def _cli() -> Any:
         from rtseg_ros.engines import SegmenterConfig
 
         if cameras:
-            _multi_camera_cli(click, cameras, model, rate_resolution, backend, output_resolution, camera_rate,
+            _multi_camera_cli(click, cameras, model, weights, rate_resolution, backend, output_resolution, camera_rate,
                               camera_frame_size, camera_duration, params, log_dir, json_path)
             return
 
-        height, width = parse_size(resolution)
-        config = SegmenterConfig(model=model, input_height=height, input_width=width, backend=backend,
-                                 output_resolution=output_resolution)
-        sizes = [parse_size(size) for size in frame_sizes]
-        if full:
-            cases = full_cases()
+        node_settings = _node_settings(params)
+        if params_file:
+            config, preset_settings, cases = preset_cases(params_file, backend, encodings)
+            node_settings = {**preset_settings, **node_settings}
+            model = config.model
+            if weights:
+                config = dataclasses.replace(config, weights=weights)
         else:
-            cases = [NodeCase(size, encoding, case.outputs, case.confidence_encoding)
-                     for size in sizes for encoding in encodings for case in default_cases(size)]
+            height, width = parse_size(resolution)
+            config = SegmenterConfig(model=model, weights=weights or None, input_height=height, input_width=width,
+                                     backend=backend, output_resolution=output_resolution)
+            sizes = [parse_size(size) for size in frame_sizes]
+            if full:
+                cases = full_cases()
+            else:
+                cases = [NodeCase(size, encoding, case.outputs, case.confidence_encoding)
+                         for size in sizes for encoding in encodings for case in default_cases(size)]
         rate_config = None
         if rate_resolution != "none":
             rate_height, rate_width = parse_size(rate_resolution)
-            rate_config = SegmenterConfig(model=model, input_height=rate_height, input_width=rate_width,
-                                          backend=backend, output_resolution="network")
+            rate_config = SegmenterConfig(model=model, weights=config.weights, input_height=rate_height,
+                                          input_width=rate_width, backend=backend, output_resolution="network")
         machine = machine_state()
         click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores; load average "
                    f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")
@@ -775,7 +824,7 @@ def _cli() -> Any:
                 click.echo(f"WARNING: {warning}", err=True)
         report = run_node_bench(config, cases, frames=frames, warmup=warmup, rate_config=rate_config,
                                 rate_frame_size=parse_size(rate_frame_size), rate_duration_s=rate_duration,
-                                log_dir=log_dir, node_settings=_node_settings(params), subscriber=subscriber,
+                                log_dir=log_dir, node_settings=node_settings, subscriber=subscriber,
                                 alone_frames=alone_frames, echo=click.echo)
         after = machine_state()
         click.echo("")
@@ -791,8 +840,8 @@ def _cli() -> Any:
     return node
 
 
-def _multi_camera_cli(click: Any, cameras: int, model: str, resolution: str, backend: str, output_resolution: str,
-                      rate_hz: float, frame_size: str, duration_s: float, params: Iterable[str], log_dir: str,
+def _multi_camera_cli(click: Any, cameras: int, model: str, weights: str, resolution: str, backend: str,
+                      output_resolution: str, rate_hz: float, frame_size: str, duration_s: float, params: Iterable[str], log_dir: str,
                       json_path: str | None) -> None:
     """``rtseg bench node --cameras N``: run :mod:`rtseg_ros.benchmarks.multi_camera` and report it."""
     import shlex
@@ -804,8 +853,8 @@ def _multi_camera_cli(click: Any, cameras: int, model: str, resolution: str, bac
     from rtseg_ros.machine import busy_warning
 
     height, width = parse_size(resolution)
-    config = SegmenterConfig(model=model, input_height=height, input_width=width, backend=backend,
-                             output_resolution=output_resolution)
+    config = SegmenterConfig(model=model, weights=weights or None, input_height=height, input_width=width,
+                             backend=backend, output_resolution=output_resolution)
     machine = machine_state()
     click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores; load average "
                f"{', '.join(f'{v:.2f}' for v in machine['load_average'])}")

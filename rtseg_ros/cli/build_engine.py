@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from rtseg_ros.cli.options import parse_parameter, parse_size
+from rtseg_ros.names import PACKAGE
 
 
 def _params_file(path: str) -> Path:
@@ -29,6 +30,14 @@ def _params_file(path: str) -> Path:
     if shipped.is_file():
         return shipped
     raise click.BadParameter(f"no params file {path} (nor config/{given.name} in the package)")
+
+
+def _show_package_logs() -> None:
+    """Print this package's INFO lines (engine builds, cache hits, the backend chosen) and only warnings
+    from other libraries: at INFO the ONNX exporter's own libraries (onnx_ir, onnxscript) log a line per
+    graph rewrite, hundreds per export, which tell a user nothing."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(PACKAGE).setLevel(logging.INFO)
 
 
 class _CacheHits(logging.Handler):
@@ -76,7 +85,7 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
 
     from rtseg_ros.names import NODE_NAME
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _show_package_logs()
     values: dict[str, Any] = {}
     if params_file is not None:
         from rtseg_ros.ros.node_process import read_params_file
@@ -130,10 +139,11 @@ def build_engine(params_file: str | None, params: tuple[str, ...], camera_size: 
     if resolved.backend == "torch":
         click.echo("the torch backend runs eagerly: nothing to build or cache")
     if resolved.weights is None:
-        # Engines are keyed by the weights; random ones are drawn anew at every start.
-        click.secho("WARNING: no weights set: every node start draws new random weights, and exported or "
-                    "compiled engines (onnxruntime, openvino, tensorrt) made for other weights are not reused; "
-                    "set the weights parameter", fg="red", err=True)
+        # Engines are keyed by the weights' hash; without weights they are the fixed-seed random ones
+        # (RANDOM_WEIGHTS_SEED), the same at every start, so what is built here is reused. Still untrained.
+        click.secho("WARNING: no weights set: these engines run UNTRAINED random weights (fixed seed, so a node "
+                    "without weights reuses them) and their labels are meaningless; set the weights parameter "
+                    "for real use", fg="red", err=True)
     counter = _CacheHits()
     cache_log = logging.getLogger("rtseg_ros.engines.cache")
     level = cache_log.level

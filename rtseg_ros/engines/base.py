@@ -12,7 +12,9 @@ from torch import nn
 
 from rtseg_ros.engines.cache import graph_source_sha256
 from rtseg_ros.engines.config import SegmenterConfig
+from rtseg_ros.engines.label_upsampling import UpsampledLabels
 from rtseg_ros.engines.preprocessing import labels_and_confidence
+from rtseg_ros.nets.base import SegmentationModel
 
 HeadOutput = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -207,6 +209,10 @@ class InferenceEngine(ABC):
     # Whether the per-frame finishes of a batch may run at the same time on several threads (their runtime
     # calls are thread-safe and release the GIL); False where a compiled finish holds one request object.
     concurrent_finishes: bool = False
+    # Whether labels without confidence, on a CPU, come from the network's logits cell by cell
+    # (:class:`UpsampledLabels`: no full-resolution logits) instead of the backend's resize and argmax.
+    # The network then runs as the batched body for single frames too: one build for every output size.
+    labels_by_cells: bool = False
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
@@ -229,10 +235,21 @@ class InferenceEngine(ABC):
         head = self._heads.get(key)
         if head is None:
             with torch.inference_mode(False):
-                head = self._heads[key] = self._build_head(*key)
+                head = self._heads[key] = (self._cell_labels_head(key[0]) if self._uses_cell_labels(key[1])
+                                           else self._build_head(*key))
         with torch.inference_mode():
             out = head(image)
         return (out[0], out[1]) if with_confidence else (out, None)
+
+    def _uses_cell_labels(self, with_confidence: bool) -> bool:
+        # Only for the base class's bilinear final resize: UpsampledLabels reproduces exactly that one.
+        return (self.labels_by_cells and not with_confidence and self.device.type == "cpu"
+                and type(self.spec.model).resize_logits is SegmentationModel.resize_logits)
+
+    def _cell_labels_head(self, output_size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        body = self._batch_body()
+        finish = self._finish(output_size, False)
+        return lambda image: finish(body(image))
 
     def prepare(self, output_size: tuple[int, int], with_confidence: bool = False) -> None:
         """Build or load what ``output_size`` needs and run it once, so the next call is fast."""
@@ -288,6 +305,8 @@ class InferenceEngine(ABC):
         count = logits.shape[0]
         if len(output_sizes) != count:
             raise ValueError(f"{count} logits but {len(output_sizes)} output sizes")
+        if self._uses_cell_labels(with_confidence):
+            return self._labels_by_cells(logits, output_sizes)
         finishes = [self._finish(size, with_confidence) for size in output_sizes]  # built here, in order
 
         def finish(index: int) -> HeadOutput:
@@ -300,6 +319,22 @@ class InferenceEngine(ABC):
             # batch on a CPU, and each one runs on one thread: run them side by side on the cores.
             return list(self._finish_pool().map(finish, range(count)))
         return [finish(index) for index in range(count)]
+
+    def _labels_by_cells(self, logits: torch.Tensor, output_sizes: Sequence[tuple[int, int]]) -> list[HeadOutput]:
+        """Labels of a batch cell by cell, one pass per output size: a batch of small frames is mostly
+        per-operation overhead, which one pass for all its frames pays once."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(output_sizes):
+            by_size.setdefault((int(size[0]), int(size[1])), []).append(index)
+        results: list[HeadOutput | None] = [None] * len(output_sizes)
+        for size, indices in by_size.items():
+            finish = self._finish(size, False)
+            assert isinstance(finish, UpsampledLabels)
+            with torch.inference_mode():
+                labels = finish.batch(logits[indices] if len(indices) < logits.shape[0] else logits)
+            for position, index in enumerate(indices):
+                results[index] = (labels[position], None)
+        return results  # type: ignore[return-value]  # every index is in one group
 
     def _finish_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._finish_executor is None:
@@ -320,7 +355,9 @@ class InferenceEngine(ABC):
         finish = self._finishes.get(key)
         if finish is None:
             with torch.inference_mode(False):
-                finish = self._finishes[key] = self._build_finish(*key)
+                finish = self._finishes[key] = (
+                    UpsampledLabels(key[0], self.spec.model.align_corners) if self._uses_cell_labels(key[1])
+                    else self._build_finish(*key))
         return finish
 
     def _warmup_batch_sizes(self) -> tuple[int, ...]:

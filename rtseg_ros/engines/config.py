@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rtseg_ros.names import (
     ALL_SCALES,
     AUTO_BACKEND,
+    AUTO_DEVICE,
     BACKEND_PREFERENCE,
     BACKENDS,
     DEFAULT_LABEL_SET,
@@ -103,7 +104,8 @@ class SegmenterConfig:
             default, so :meth:`from_parameters` without a backend gives ``auto``).
         precision: ``fp32``, ``fp16`` (CUDA, or an OpenVINO GPU/NPU) or ``int8`` (tensorrt or
             openvino, calibrated).
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``, an Intel ``gpu``/``gpu.N``/``npu`` (openvino), or ``auto``
+            (resolved by :func:`resolve_device`; the node's default).
         output_resolution: ``input`` gives labels at each frame's own size, ``network`` at the
             network input size, ``WIDTHxHEIGHT`` (``640x480``) at that size whatever the frame's
             (:func:`~rtseg_ros.names.fixed_output_size` reads it).
@@ -116,7 +118,7 @@ class SegmenterConfig:
     """
 
     # The defaults of the fields that are node parameters are the parameters' own (names.PARAMETERS),
-    # except the backend's.
+    # except the backend's and the device's.
     model: str = PARAMETERS["model"].default
     weights: str | None = None
     label_set: str = PARAMETERS["label_set"].default
@@ -128,7 +130,9 @@ class SegmenterConfig:
     # exact to the weights and with nothing exported; a node runs long enough to repay an export.
     backend: str = "torch"
     precision: str = PARAMETERS["precision"].default
-    device: str = PARAMETERS["device"].default
+    # Not the node's default (auto) either: a script's or `rtseg eval`'s results do not change with the
+    # machine it runs on unless it asks for a device.
+    device: str = "cpu"
     output_resolution: str = PARAMETERS["output_resolution"].default
     cache_dir: str | None = None
     calibration_data: str | None = None
@@ -172,7 +176,7 @@ class SegmenterConfig:
             ConfigError: the first problem found, with what to change.
         """
         self.validate()
-        check_runtime(self)
+        check_runtime(_choose_device(self)[0] if self.device == AUTO_DEVICE else self)
 
     # Node parameters ---------------------------------------------------------------------------
 
@@ -326,22 +330,44 @@ class SegmenterConfig:
                               f"{AUTO_BACKEND}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if _OPENVINO_DEVICE_PATTERN.match(self.device):
+        if self.device == AUTO_DEVICE:
+            pass  # checked below, against the devices it may resolve to
+        elif _OPENVINO_DEVICE_PATTERN.match(self.device):
             if self.backend not in ("openvino", AUTO_BACKEND):
                 raise ConfigError(
                     f"unknown device {self.device!r} for the {self.backend} backend: gpu, gpu.N and npu name "
                     "Intel devices, which only the openvino backend runs; NVIDIA GPUs are cuda or cuda:N")
         elif not _DEVICE_PATTERN.match(self.device):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N "
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N or {AUTO_DEVICE} "
                               "(gpu, gpu.N or npu: an Intel GPU/NPU with the openvino backend)")
         try:
             fixed_output_size(self.output_resolution)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.device == AUTO_DEVICE:
+            self._validate_auto_device()
+        else:
+            self._validate_on_device()
+
+    def _validate_on_device(self) -> None:
+        """Backend, precision and (a concrete) device fit together."""
         if self.backend == AUTO_BACKEND:
             self._validate_auto_backend()
         else:
             self._validate_backend_combination()
+
+    def _validate_auto_device(self) -> None:
+        """``auto`` is valid if the settings fit one of the devices it resolves to (which one is the
+        machine's business: :func:`resolve_device`)."""
+        reasons: list[str] = []
+        for device in ("cuda", "cpu"):
+            try:
+                dataclasses.replace(self, device=device)._validate_on_device()
+            except ConfigError as exc:
+                reasons.append(f"{device}: {exc}")
+            else:
+                return
+        raise ConfigError(f"device {AUTO_DEVICE}: neither device takes these settings ({'; '.join(reasons)})")
 
     def _validate_auto_backend(self) -> None:
         """``auto`` is valid if one backend of its preference list takes the other settings."""
@@ -564,8 +590,40 @@ def backend_preference(config: SegmenterConfig) -> tuple[str, ...]:
     return BACKEND_PREFERENCE["cuda" if config.is_cuda else "cpu"]
 
 
+def _choose_device(config: SegmenterConfig) -> tuple[SegmenterConfig, str, bool]:
+    """For device ``auto``: (a copy on ``cuda`` or ``cpu``, why, whether a CUDA GPU was passed over)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return dataclasses.replace(config, device="cpu"), "torch sees no CUDA GPU", False
+    on_gpu = dataclasses.replace(config, device="cuda")
+    try:
+        on_gpu.check()
+    except ConfigError as exc:  # e.g. the openvino backend, or onnxruntime without its CUDA provider
+        return dataclasses.replace(config, device="cpu"), f"cuda cannot run these settings: {exc}", True
+    return on_gpu, torch.cuda.get_device_name(0), False
+
+
+def resolve_device(config: SegmenterConfig) -> SegmenterConfig:
+    """``config`` itself, or for device ``auto`` a copy on ``cuda`` when torch sees a CUDA GPU and the
+    other settings run there (:meth:`SegmenterConfig.check`), else on ``cpu``.
+
+    Logs one line with the choice: INFO, or WARNING when a CUDA GPU is present but not used, with why.
+    """
+    if config.device != AUTO_DEVICE:
+        return config
+    chosen, reason, passed_over = _choose_device(config)
+    if passed_over:
+        LOG.warning("device %s: using cpu although a CUDA GPU is present; %s (set device to cpu to say so)",
+                    AUTO_DEVICE, reason)
+    else:
+        LOG.info("device %s: using %s (%s)", AUTO_DEVICE, chosen.device, reason)
+    return chosen
+
+
 def resolve_backend(config: SegmenterConfig) -> SegmenterConfig:
-    """``config`` itself, or for backend ``auto`` a copy with the first backend this machine can run.
+    """``config`` itself, or a copy with device ``auto`` (:func:`resolve_device`) and backend ``auto``
+    resolved: the first backend of :func:`backend_preference` this machine can run.
 
     Tries :func:`backend_preference` in order with :meth:`SegmenterConfig.check`. Logs one line:
     the choice, and when a faster backend was passed over, which ones and why (a missing install,
@@ -574,6 +632,7 @@ def resolve_backend(config: SegmenterConfig) -> SegmenterConfig:
     Raises:
         ConfigError: no backend of the list can run these settings here; each one's reason is given.
     """
+    config = resolve_device(config)
     if config.backend != AUTO_BACKEND:
         return config
     skipped: list[str] = []

@@ -63,6 +63,7 @@ class OnnxRuntimeEngine(InferenceEngine):
     concurrent_finishes = True  # each call binds its own tensors; session.run is thread-safe and drops the GIL
 
     name = "onnxruntime"
+    labels_by_cells = True
     channels_last = False  # ONNX Runtime takes dense NCHW
 
     def __init__(self, spec: EngineSpec):

@@ -38,6 +38,7 @@ class TorchEngine(InferenceEngine):
 
     name = "torch"
     builds_per_variant = False
+    labels_by_cells = True
     # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution layouts, and
     # the logits come out channels_last, which makes the per-pixel argmax a contiguous reduction.
     channels_last = True
@@ -66,6 +67,7 @@ class CompiledEngine(TorchEngine):
 
     name = "compile"
     builds_per_variant = True
+    labels_by_cells = False  # inductor fuses the resize into the argmax already
 
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)

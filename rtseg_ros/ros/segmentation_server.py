@@ -142,7 +142,6 @@ class SegmentationServer:
             raise StartupError(str(exc)) from None
         self.fatal_error = ""
         self._apply_node_settings(values)
-        self._hardware_id = device_name(config.device)
         self._cameras: tuple[str, ...] = tuple(values["cameras"])
         strangers = sorted(set(values["compressed_cameras"]) - set(self._cameras))
         if strangers:
@@ -182,6 +181,7 @@ class SegmentationServer:
             segmenter = Segmenter(config)
         except (ValueError, OSError) as exc:
             raise StartupError(_engine_error_message(config, exc)) from None
+        self._hardware_id = device_name(segmenter.config.device)  # device 'auto' resolved
         self._engine = EngineSwapper(self._build_segmenter, config, on_swap=self._on_engine_swapped,
                                      on_failure=self._on_engine_failed, initial=segmenter)
         self._create_streams(values)
@@ -205,7 +205,8 @@ class SegmentationServer:
         self._announce_ready()
         cameras = ", ".join(stream.image_topic for stream in self._streams)
         self.logger.info(
-            f"serving {config.model} ({self._served_backend(config)}, {config.precision}, {config.device}) at "
+            f"serving {config.model} ({self._served_backend(config)}, {config.precision}, "
+            f"{self._served_device(config)}) at "
             f"{config.input_height}x{config.input_width} (HxW) on {self._cpu_threads} CPU thread(s); subscribed to {cameras}"
             f"{f', batches of up to {len(self._cameras)}' if self._cameras else ''} "
             f"({'rcl serialised take and publish' if self._direct_io else 'rclpy executor'})")
@@ -436,11 +437,18 @@ class SegmentationServer:
         served = self._engine.engine.config.backend  # the Segmenter's config has 'auto' resolved
         return served if served == config.backend else f"{served}, from {config.backend}"
 
+    def _served_device(self, config: SegmenterConfig) -> str:
+        """The device of the engine in service, and ``config``'s if that was 'auto' (``cuda from device auto``)."""
+        assert self._engine is not None
+        served = self._engine.engine.config.device  # the Segmenter's config has 'auto' resolved
+        return served if served == config.device else f"{served} from device {config.device}"
+
     def _on_engine_swapped(self, config: SegmenterConfig) -> None:
         self.logger.info(
             f"now serving {config.model} ({self._served_backend(config)}, {config.precision}) at "
             f"{config.input_height}x{config.input_width}, scales {list(config.scales)}")
-        self._hardware_id = device_name(config.device)
+        assert self._engine is not None
+        self._hardware_id = device_name(self._engine.engine.config.device)  # device 'auto' resolved
         if not self._announce_ready() and self._active:  # the new engine's label set and settings
             self._publish_label_info()
 
