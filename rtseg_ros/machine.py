@@ -109,21 +109,6 @@ def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def process_age_s() -> float | None:
-    """Seconds since this process started (interpreter start and imports included), or ``None`` where the
-    OS does not say (Linux: the start time in ``/proc/self/stat`` against ``/proc/uptime``, 10 ms steps)."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-        # Field 22 (starttime, clock ticks after boot); fields are counted after the command name, which
-        # is in parentheses and may itself hold spaces.
-        start_ticks = int(stat.rpartition(")")[2].split()[19])
-        age = uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    return age if age >= 0 else None
-
-
 def busy_warning(load: list[float] | None, cores: int | None) -> str | None:
     """A warning when the 1-minute load is above 1 per core (timings then measure the other work too)."""
     if not load or not cores or load[0] <= cores:

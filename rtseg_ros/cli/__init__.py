@@ -5,12 +5,19 @@ Subcommands live next to the code they drive and are imported only when invoked,
 """
 from __future__ import annotations
 
-import importlib
-import signal
+import time
 
-import click
+# When the `rtseg` command started, as near its first line as the package gets: `rtseg demo` counts
+# the time to first labels from here. (Not the process's start time in /proc: a shell that runs the
+# command last in `a && b && rtseg demo` execs it in its own process, whose start is the shell's.)
+STARTED_MONOTONIC = time.monotonic()
 
-from rtseg_ros import __version__
+import importlib  # noqa: E402
+import signal  # noqa: E402
+
+import click  # noqa: E402
+
+from rtseg_ros import __version__  # noqa: E402
 
 # name -> "module:attribute" of a click.Command.
 SUBCOMMANDS: dict[str, str] = {

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import click
 
 from rtseg_ros.cli.options import size_callback
-from rtseg_ros.machine import process_age_s
 from rtseg_ros.names import MODEL_NAMES
 from rtseg_ros.ros.demo import DemoError, DemoSettings, run_demo
 
@@ -58,8 +56,10 @@ def demo(source: str, weights: str | None, retrain: bool, untrained: bool, confi
     # Ctrl-C stops the toy model's training or the camera cleanly (KeyboardInterrupt), also when the
     # demo was started with SIGINT ignored (a shell's `&`).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    # Time to first labels counts from this command's start, the interpreter's start and imports included.
-    started_at = time.monotonic() - (process_age_s() or 0.0)
+    # Time to first labels counts from the rtseg command's start (its imports included).
+    from rtseg_ros.cli import STARTED_MONOTONIC
+
+    started_at = STARTED_MONOTONIC
     settings = DemoSettings(source=source, weights=weights, config=config, model=model, input_size=input_size,
                             frame_size=frame_size, rate_hz=rate, duration_s=duration, out_dir=out_dir,
                             video=video, bag_topic=bag_topic, untrained=untrained, retrain=retrain,
