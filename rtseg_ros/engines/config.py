@@ -176,7 +176,15 @@ class SegmenterConfig:
             ConfigError: the first problem found, with what to change.
         """
         self.validate()
-        check_runtime(_choose_device(self)[0] if self.device == AUTO_DEVICE else self)
+        chosen = self
+        if self.device == AUTO_DEVICE:
+            # validate() accepted auto because some device takes the settings; this machine's must.
+            chosen, reason, _ = _choose_device(self)
+            try:
+                chosen.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (device {AUTO_DEVICE} takes {chosen.device} here: {reason})") from None
+        check_runtime(chosen)
 
     # Node parameters ---------------------------------------------------------------------------
 

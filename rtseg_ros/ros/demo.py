@@ -100,8 +100,8 @@ class DemoSettings:
         retrain: train the toy model anew with the ``synthetic`` recipe (into :data:`TOY_WEIGHTS`) and run
             it, instead of the one shipped in ``models/`` (:data:`TOY_MODEL`).
         toy_overrides: recipe overrides for training the toy model (``section.key=value``).
-        started_at: ``time.monotonic()`` when the demo command started (``rtseg demo`` gives its process
-            start); ``None``: when :func:`run_demo` is called.
+        started_at: ``time.monotonic()`` when the demo command started (``rtseg demo`` gives the moment the
+            ``rtseg`` command's package was first imported); ``None``: when :func:`run_demo` is called.
     """
 
     source: str = "synthetic"
@@ -143,7 +143,7 @@ class DemoSummary:
     node_ready_s: float = math.nan
     first_labels_s: float = math.nan
     # The first labels from the demo command's start (DemoSettings.started_at): what a user waits, the
-    # interpreter's start, the imports, the weights' lookup, any toy training and the node's start included.
+    # imports, the weights' lookup, any toy training and the node's start included.
     first_labels_since_demo_start_s: float = math.nan
     # Frames per engine that served them, from the node's segmentation/timings ("eager", the backend, "unknown").
     served_by: dict[str, int] = field(default_factory=dict)
