@@ -121,3 +121,23 @@ def test_onnxruntime_labels_only_need_one_export_for_every_output_size(tmp_path)
     outputs = [segmenter.engine.run(image, size, with_confidence=False)[0] for size in ((64, 128), (240, 320))]
     assert [tuple(labels.shape) for labels in outputs] == [(64, 128), (240, 320)]
     assert len(list((tmp_path / "onnx").glob("*/model.onnx"))) == 1  # the network body, for both sizes
+
+
+def test_openvino_uses_cells_for_batches_and_its_compiled_head_for_one_frame(tmp_path):
+    pytest.importorskip("openvino")
+    from rtseg_ros.engines import BatchFrame
+    from rtseg_ros.engines.openvino_engine import OpenVINOEngine
+
+    config = SegmenterConfig(model="atonet", input_height=64, input_width=128, backend="openvino", max_batch=2,
+                             cache_dir=str(tmp_path))
+    segmenter = Segmenter(config)
+    assert isinstance(segmenter.engine, OpenVINOEngine)
+    frames = [BatchFrame(torch.randint(0, 255, (120, 160, 3), dtype=torch.uint8).numpy()) for _ in range(2)]
+    batched = segmenter.segment_batch(frames)
+    assert isinstance(segmenter.engine._finish((120, 160), False), UpsampledLabels)
+    single = [segmenter.segment(frame.pixels) for frame in frames]
+    # One frame ran the compiled head (the model profiles and benchmark_app measure), not body + cells.
+    assert not segmenter.engine._uses_cell_labels(False)
+    assert segmenter.engine.compiled_artifact((120, 160)).is_file()
+    for one, many in zip(single, batched):
+        assert (one.labels == many.labels).mean() > 0.999

@@ -213,6 +213,8 @@ class InferenceEngine(ABC):
     # (:class:`UpsampledLabels`: no full-resolution logits) instead of the backend's resize and argmax.
     # The network then runs as the batched body for single frames too: one build for every output size.
     labels_by_cells: bool = False
+    # The same for batches only (:meth:`finish_batch`), where a backend's one-frame head stays its own.
+    batch_labels_by_cells: bool = False
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
@@ -241,9 +243,10 @@ class InferenceEngine(ABC):
             out = head(image)
         return (out[0], out[1]) if with_confidence else (out, None)
 
-    def _uses_cell_labels(self, with_confidence: bool) -> bool:
+    def _uses_cell_labels(self, with_confidence: bool, batch: bool = False) -> bool:
         # Only for the base class's bilinear final resize: UpsampledLabels reproduces exactly that one.
-        return (self.labels_by_cells and not with_confidence and self.device.type == "cpu"
+        return ((self.labels_by_cells or (batch and self.batch_labels_by_cells))
+                and not with_confidence and self.device.type == "cpu"
                 and type(self.spec.model).resize_logits is SegmentationModel.resize_logits)
 
     def _cell_labels_head(self, output_size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -305,7 +308,7 @@ class InferenceEngine(ABC):
         count = logits.shape[0]
         if len(output_sizes) != count:
             raise ValueError(f"{count} logits but {len(output_sizes)} output sizes")
-        if self._uses_cell_labels(with_confidence):
+        if self._uses_cell_labels(with_confidence, batch=True):
             return self._labels_by_cells(logits, output_sizes)
         finishes = [self._finish(size, with_confidence) for size in output_sizes]  # built here, in order
 
@@ -356,8 +359,8 @@ class InferenceEngine(ABC):
         if finish is None:
             with torch.inference_mode(False):
                 finish = self._finishes[key] = (
-                    UpsampledLabels(key[0], self.spec.model.align_corners) if self._uses_cell_labels(key[1])
-                    else self._build_finish(*key))
+                    UpsampledLabels(key[0], self.spec.model.align_corners)
+                    if self._uses_cell_labels(key[1], batch=True) else self._build_finish(*key))
         return finish
 
     def _warmup_batch_sizes(self) -> tuple[int, ...]:
