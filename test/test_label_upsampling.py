@@ -76,15 +76,15 @@ def test_ties_go_to_the_lowest_class_as_argmax():
 def test_trained_network_logits():
     """The shipped toy model on held-out synthetic scenes: the logits a real network gives."""
     from rtseg_ros.datasets.synthetic import make_scene
+    from rtseg_ros.engines.preprocessing import Preprocessor
     from rtseg_ros.nets import build_model, load_weights
     from rtseg_ros.nets.weights import resolve_weights
 
     model = load_weights(build_model("atonet"), resolve_weights("synthetic_toy")).eval()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    preprocess = Preprocessor((128, 256), torch.device("cpu"), channels_last=False)
     for seed in (300, 301):
         rgb, _ = make_scene(seed, 128, 256)
-        image = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - mean) / std
+        image = preprocess(torch.from_numpy(rgb))
         with torch.inference_mode():
             logits, _ = model.logits(image)
         for size in ((480, 640), (128, 256)):

@@ -57,22 +57,21 @@ def run(repeats: int = 10, scenes: int = 3) -> dict[str, Any]:
     """Median milliseconds per frame of each way, and how many labels differ from resize then argmax."""
     from rtseg_ros.datasets.synthetic import make_scene
     from rtseg_ros.engines.label_upsampling import UpsampledLabels
-    from rtseg_ros.engines.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from rtseg_ros.engines.preprocessing import Preprocessor
     from rtseg_ros.nets import build_model, load_weights
     from rtseg_ros.nets.weights import resolve_weights
 
     torch.set_num_threads(1)
     model = load_weights(build_model("atonet"), resolve_weights("synthetic_toy")).eval()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     rows = []
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
         for network_size, size in CASES:
             cells, eager, onnx, differ, pixels = [], [], [], 0, 0
             labels_by_cells = UpsampledLabels(size, model.align_corners)
+            preprocess = Preprocessor(network_size, torch.device("cpu"), channels_last=False)
             for seed in range(300, 300 + scenes):
                 rgb, _ = make_scene(seed, *network_size)
-                image = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - mean) / std
+                image = preprocess(torch.from_numpy(rgb))
                 logits, _ = model.logits(image)
                 cells.append(_median_ms(lambda: labels_by_cells(logits), repeats))
                 eager.append(_median_ms(lambda: labels_by_cells.dense(logits), repeats))
